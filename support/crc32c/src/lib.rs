@@ -1,0 +1,208 @@
+//! CRC-32C (Castagnoli, reflected polynomial 0x82F63B78), the checksum of every bedrock frame.
+//!
+//! A crate of its own so that `bedrock` (the core) can forbid unsafe code: calling the SSE4.2
+//! instruction needs one `unsafe` block, which lives here, justified where it is written.
+//!
+//! Three implementations of the same function, chosen at compile time:
+//!
+//! - x86-64 built with SSE4.2 (`-C target-feature=+sse4.2`, which the workspace sets): the `crc32`
+//!   instruction over three interleaved streams, combined with precomputed shift operators. This
+//!   runs near the instruction's throughput limit rather than its latency limit.
+//! - feature `table-16`: slice-by-16 tables from the `crc` crate (16 KiB of tables).
+//! - otherwise: the `crc` crate's table-less bitwise form, the smallest code for firmware.
+//!
+//! All three give identical results; a test pins them against each other and against the
+//! standard check value.
+#![no_std]
+#![deny(missing_docs)]
+
+#[cfg(all(target_arch = "x86_64", target_feature = "sse4.2"))]
+mod hardware {
+    use core::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
+
+    const POLYNOMIAL: u32 = 0x82F6_3B78;
+    const LONG: usize = 8192;
+    const SHORT: usize = 256;
+
+    /// Feeds one zero byte into a raw (not inverted) CRC register.
+    const fn zero_byte(mut register: u32) -> u32 {
+        let mut bit = 0;
+        while bit < 8 {
+            register = if register & 1 == 1 {
+                (register >> 1) ^ POLYNOMIAL
+            } else {
+                register >> 1
+            };
+            bit += 1;
+        }
+        register
+    }
+
+    /// Applies a linear operator, given as the images of the 32 basis bits, to `register`.
+    const fn apply(operator: &[u32; 32], register: u32) -> u32 {
+        let mut result = 0;
+        let mut index = 0;
+        while index < 32 {
+            if register & (1 << index) != 0 {
+                result ^= operator[index];
+            }
+            index += 1;
+        }
+        result
+    }
+
+    /// The linear operator "append `len` zero bytes" (`len` a power of two), built by squaring
+    /// the one-byte operator, so that compile-time evaluation stays cheap.
+    const fn shift_operator(len: usize) -> [u32; 32] {
+        let mut operator = [0u32; 32];
+        let mut index = 0;
+        while index < 32 {
+            operator[index] = zero_byte(1 << index);
+            index += 1;
+        }
+        let mut covered = 1;
+        while covered < len {
+            let mut squared = [0u32; 32];
+            let mut index = 0;
+            while index < 32 {
+                squared[index] = apply(&operator, operator[index]);
+                index += 1;
+            }
+            operator = squared;
+            covered *= 2;
+        }
+        operator
+    }
+
+    const _: () = assert!(LONG.is_power_of_two() && SHORT.is_power_of_two());
+
+    static SHIFT_LONG: [u32; 32] = shift_operator(LONG);
+    static SHIFT_SHORT: [u32; 32] = shift_operator(SHORT);
+
+    fn shift(operator: &[u32; 32], register: u32) -> u32 {
+        let mut result = 0;
+        let mut bits = register;
+        while bits != 0 {
+            result ^= operator[bits.trailing_zeros() as usize];
+            bits &= bits - 1;
+        }
+        result
+    }
+
+    fn word(bytes: &[u8], at: usize) -> u64 {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[at..at + 8]);
+        u64::from_le_bytes(word)
+    }
+
+    /// Three independent streams over `[0, len)`, `[len, 2len)`, `[2len, 3len)`, then combined.
+    #[target_feature(enable = "sse4.2")]
+    fn three_streams(register: u32, block: &[u8], len: usize, operator: &[u32; 32]) -> u32 {
+        let (mut first, mut second, mut third) = (u64::from(register), 0u64, 0u64);
+        let mut at = 0;
+        while at < len {
+            first = _mm_crc32_u64(first, word(block, at));
+            second = _mm_crc32_u64(second, word(block, at + len));
+            third = _mm_crc32_u64(third, word(block, at + 2 * len));
+            at += 8;
+        }
+        let combined = shift(operator, first as u32) ^ second as u32;
+        shift(operator, combined) ^ third as u32
+    }
+
+    pub(super) fn crc32c(bytes: &[u8]) -> u32 {
+        // SAFETY: this module is compiled only when the build enables SSE4.2
+        // (`cfg(target_feature = "sse4.2")`), so the instruction exists on every CPU the binary
+        // may run on; `crc32c_sse42` touches memory only through safe slice indexing.
+        unsafe { crc32c_sse42(bytes) }
+    }
+
+    #[target_feature(enable = "sse4.2")]
+    fn crc32c_sse42(bytes: &[u8]) -> u32 {
+        let mut register = !0u32;
+        let mut rest = bytes;
+        for (block_len, operator) in [(LONG, &SHIFT_LONG), (SHORT, &SHIFT_SHORT)] {
+            while rest.len() >= 3 * block_len {
+                register = three_streams(register, rest, block_len, operator);
+                rest = &rest[3 * block_len..];
+            }
+        }
+        let mut words = rest.chunks_exact(8);
+        let mut wide = u64::from(register);
+        for chunk in &mut words {
+            wide = _mm_crc32_u64(wide, word(chunk, 0));
+        }
+        register = wide as u32;
+        for &byte in words.remainder() {
+            register = _mm_crc32_u8(register, byte);
+        }
+        !register
+    }
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "sse4.2")))]
+mod software {
+    #[cfg(feature = "table-16")]
+    type Implementation = crc::Table<16>;
+    #[cfg(not(feature = "table-16"))]
+    type Implementation = crc::NoTable;
+
+    static CRC: crc::Crc<u32, Implementation> =
+        crc::Crc::<u32, Implementation>::new(&crc::CRC_32_ISCSI);
+
+    pub(super) fn crc32c(bytes: &[u8]) -> u32 {
+        CRC.checksum(bytes)
+    }
+}
+
+/// CRC-32C of `bytes` (init and final XOR 0xFFFFFFFF, reflected), as in iSCSI, ext4 and SSE4.2.
+#[inline]
+pub fn crc32c(bytes: &[u8]) -> u32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse4.2"))]
+    return hardware::crc32c(bytes);
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse4.2")))]
+    return software::crc32c(bytes);
+}
+
+/// Which implementation [`crc32c`] was compiled with, for benchmarks and diagnostics.
+pub const IMPLEMENTATION: &str = if cfg!(all(target_arch = "x86_64", target_feature = "sse4.2")) {
+    "x86-64 sse4.2 crc32 instruction, 3 interleaved streams"
+} else if cfg!(feature = "table-16") {
+    "software slice-by-16"
+} else {
+    "software bitwise (no table)"
+};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const REFERENCE: crc::Crc<u32, crc::NoTable> =
+        crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISCSI);
+
+    #[test]
+    fn check_value_matches_the_catalogue() {
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn long_inputs_that_use_every_stream_size_match_the_reference() {
+        let bytes: [u8; 3 * 8192 + 3 * 256 + 13] = core::array::from_fn(|i| (i * 31 + 7) as u8);
+        for len in [0, 1, 7, 8, 767, 768, 769, 24_575, 24_576, bytes.len()] {
+            assert_eq!(
+                crc32c(&bytes[..len]),
+                REFERENCE.checksum(&bytes[..len]),
+                "len {len}"
+            );
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_input_matches_the_reference(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+            prop_assert_eq!(crc32c(&bytes), REFERENCE.checksum(&bytes));
+        }
+    }
+}
