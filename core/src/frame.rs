@@ -225,6 +225,18 @@ pub fn emit(
     Ok(padded)
 }
 
+/// Rewrites the epoch and unsynced fields of a frame emitted into `frame` (its padded bytes) and
+/// recomputes its checksum. Used when a frame encoded for one segment must go to the next.
+pub fn restamp(frame: &mut [u8], epoch: u32, unsynced: u32) {
+    let length = read_u32(frame, field::LENGTH) as usize;
+    let end = HEADER_LEN + length;
+    debug_assert!(end + CRC_LEN <= frame.len());
+    frame[field::EPOCH].copy_from_slice(&epoch.to_le_bytes());
+    frame[field::UNSYNCED].copy_from_slice(&unsynced.to_le_bytes());
+    let crc = crc32c(&frame[..end]);
+    frame[end..end + CRC_LEN].copy_from_slice(&crc.to_le_bytes());
+}
+
 /// Emits a frame whose payload is `value` serialized with postcard.
 pub fn emit_postcard<T: serde::Serialize>(
     buf: &mut [u8],

@@ -6,15 +6,17 @@
 //!
 //! Layers, bottom up:
 //!
-//! - [`storage`]: the NOR-flash-shaped storage contract and its power-loss rules;
-//! - [`checksum`]: CRC-32C;
-//! - [`frame`]: the CRC-checked frame format (see SPEC.md);
-//! - [`log`]: a segmented append-only log with crash recovery and space reclamation;
-//! - [`counter`]: the durable counter built on the log.
+//! - [`storage`] — the NOR-flash-shaped storage contract and its power-loss rules;
+//! - [`checksum`] — CRC-32C,
+//! - [`frame`] — the CRC-checked frame format (see SPEC.md);
+//! - [`log`] — a segmented append-only log with crash recovery and space reclamation;
+//! - [`counter`] — the durable counter built on the log.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod checksum;
+pub mod counter;
 pub mod frame;
+pub mod log;
 pub mod storage;

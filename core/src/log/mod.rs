@@ -1,0 +1,598 @@
+//! A segmented, append-only log over [`Storage`], with crash recovery and space reclamation.
+//!
+//! # Layout
+//!
+//! The storage is cut into `n` equal segments of whole erase blocks. Segments are used as a ring:
+//! the segment of epoch `e` always lives in slot `e % n`, so the ring needs no table in RAM.
+//! Each segment opens with a *segment header* frame (its epoch, the oldest live epoch, the
+//! geometry) followed by user frames, each carrying the next sequence number. See SPEC.md.
+//!
+//! # What it guarantees
+//!
+//! - [`Log::append`] writes one frame; [`Log::sync`] makes every appended frame durable. A frame is
+//!   durable once a `sync` that started after its `append` returned `Ok`.
+//! - After any crash, [`Log::open`] yields every durable frame exactly once, in sequence order,
+//!   then possibly some frames that were appended but never synced, and nothing else. This holds
+//!   for a crash during recovery too: recovery writes nothing.
+//! - A torn tail (frames lost or torn by the crash) is truncated and reported as
+//!   [`Recovery::torn_tail`]. Damage to a frame that was known to be durable (a later frame
+//!   records that it had been synced) is *mid-log corruption*: reported as
+//!   [`Recovery::corruption`] with its position and what was skipped. With
+//!   [`Policy::StopAtCorruption`] (the default) recovery yields the consistent prefix before it;
+//!   with [`Policy::Strict`] it refuses to open.
+//! - Appends after a torn tail or corruption go to a fresh segment whose header records where the
+//!   log continues, so later recoveries see the cut as deliberate and never read behind it.
+//! - Space is reclaimed: [`Log::release_before`] frees whole segments older than a durable
+//!   frame; they are erased only after the release itself is durable.
+//! - No word is written twice between erases; every write is whole write-size words.
+//!
+//! # What it does not guarantee
+//!
+//! - Damage to the last synced batch, when nothing was written after it, is indistinguishable
+//!   from a torn write and is reported as a torn tail (with the count of frames discarded).
+//! - Frames released by [`Log::release_before`] may be yielded again by a recovery until the next
+//!   segment is opened (which records the release durably); users replay idempotently
+//!   (a checkpoint resets state).
+//! - Epochs are 32-bit: after 2^32 - 1 segment openings appends fail with
+//!   [`AppendError::EpochsExhausted`].
+
+mod recover;
+mod window;
+
+#[cfg(test)]
+mod tests;
+
+use crate::frame::{self, EmitError, Header};
+use crate::storage::{Geometry, GeometryError, Storage};
+use serde::{Deserialize, Serialize};
+
+pub use recover::{Damage, DamageCause, Recovery};
+
+/// Kind of the frame that opens every segment.
+pub const KIND_SEGMENT_HEADER: u8 = 1;
+/// Kind of the frame that records, before segments are erased, which epochs were released.
+pub const KIND_RELEASE: u8 = 2;
+/// The smallest kind available to users of the log; kinds below are the log's own.
+pub const KIND_USER_MIN: u8 = 16;
+
+/// What recovery does when it finds mid-log corruption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum Policy {
+    /// Yield the consistent prefix before the damage, report it, and append after it.
+    #[default]
+    StopAtCorruption,
+    /// Refuse to open: [`OpenError::Corrupted`].
+    Strict,
+}
+
+/// How a log is laid out and recovered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Config {
+    /// Segment size in bytes, a multiple of the erase size; 0 means one erase block.
+    pub segment_size: u32,
+    /// Largest payload a frame may carry. The lent buffer must hold one padded frame of it.
+    pub payload_max: u32,
+    /// What to do on mid-log corruption.
+    pub policy: Policy,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            segment_size: 0,
+            payload_max: 256,
+            policy: Policy::StopAtCorruption,
+        }
+    }
+}
+
+/// Where a frame lives: the epoch of its segment and its absolute byte offset in the storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Position {
+    /// Epoch of the segment holding the frame.
+    pub epoch: u32,
+    /// Absolute byte offset of the frame in the storage.
+    pub offset: u64,
+}
+
+/// A frame the log yields during recovery.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry<'a> {
+    /// The frame's sequence number.
+    pub sequence: u64,
+    /// The user kind (at least [`KIND_USER_MIN`]).
+    pub kind: u8,
+    /// Where the frame is stored.
+    pub position: Position,
+    /// The stored CRC-32C, which matched.
+    pub crc: u32,
+    /// The payload bytes.
+    pub payload: &'a [u8],
+}
+
+/// The receipt of an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Appended {
+    /// The sequence number the frame was given.
+    pub sequence: u64,
+    /// Where it was written.
+    pub position: Position,
+}
+
+/// Why a configuration cannot be used with a storage and buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The storage geometry breaks the nesting rules.
+    Geometry(GeometryError),
+    /// The segment size is not a whole number of erase blocks, or too small for two frames.
+    SegmentSize,
+    /// Fewer than two segments fit in the storage.
+    TooFewSegments,
+    /// The lent buffer cannot hold one frame of `payload_max` bytes.
+    BufferTooSmall,
+}
+
+/// Why [`Log::open`] failed. Recovery writes nothing, so the storage is unchanged in every case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum OpenError<E, V> {
+    /// The configuration does not fit the storage or buffer.
+    Config(ConfigError),
+    /// The storage was written with another segment size or write size than configured.
+    LayoutMismatch {
+        /// Segment size recorded in the storage.
+        segment_size: u32,
+        /// Write size recorded in the storage.
+        write_size: u32,
+    },
+    /// Mid-log corruption under [`Policy::Strict`].
+    Corrupted(Damage),
+    /// The storage failed.
+    Storage(E),
+    /// The visitor refused an entry.
+    Visitor(V),
+}
+
+/// Why [`Log::append`] failed. No frame was appended; the sequence number was not consumed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum AppendError<E> {
+    /// The payload is larger than the configured `payload_max`, or did not serialize.
+    Encode(EmitError),
+    /// Every segment holds live frames: release some with [`Log::release_before`].
+    Full,
+    /// 2^32 - 1 segments have been opened; the storage must be reformatted.
+    EpochsExhausted,
+    /// A storage write, erase or sync failed; the log is poisoned and must be reopened.
+    Storage(E),
+    /// An earlier storage error poisoned the log; reopen it to recover.
+    Poisoned,
+}
+
+/// Why [`Log::sync`] or [`Log::release_before`] failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum SyncError<E> {
+    /// The sync failed: nothing since the previous successful sync may be acknowledged, and the
+    /// log is poisoned.
+    Storage(E),
+    /// An earlier storage error poisoned the log.
+    Poisoned,
+    /// `release_before` was given a frame that is not durable yet; nothing changed.
+    NotDurable,
+}
+
+/// The payload of a segment header frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SegmentHeader {
+    /// The oldest epoch still live when this segment was opened.
+    pub start_epoch: u32,
+    /// Segment size the log was formatted with.
+    pub segment_size: u32,
+    /// Write size the log was formatted with.
+    pub write_size: u32,
+}
+
+/// The payload of a release frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Release {
+    /// Segments of epochs below this one hold nothing live.
+    pub start_epoch: u32,
+}
+
+/// Sizes derived once from geometry and configuration.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Layout {
+    pub geometry: Geometry,
+    pub segment_size: u64,
+    pub segments: u32,
+    pub payload_max: usize,
+    /// Padded bytes of the largest control frame (segment header or release).
+    pub control_len: usize,
+    /// Padded bytes of the largest user frame.
+    pub frame_max: usize,
+}
+
+impl Layout {
+    fn new(geometry: Geometry, config: &Config, buffer_len: usize) -> Result<Self, ConfigError> {
+        geometry.validate().map_err(ConfigError::Geometry)?;
+        let erase = geometry.erase_size as u64;
+        let segment_size = match config.segment_size {
+            0 => erase,
+            size => size as u64,
+        };
+        let write = geometry.write_size as usize;
+        let control_len = frame::padded_len(CONTROL_PAYLOAD_MAX, write);
+        let frame_max = frame::padded_len(config.payload_max as usize, write);
+        if segment_size % erase != 0 || segment_size < (2 * control_len + frame_max) as u64 {
+            return Err(ConfigError::SegmentSize);
+        }
+        let segments = geometry.capacity / segment_size;
+        if segments < 2 || segments > u32::MAX as u64 {
+            return Err(ConfigError::TooFewSegments);
+        }
+        let read = geometry.read_size as usize;
+        if buffer_len / read * read < frame_max + control_len {
+            return Err(ConfigError::BufferTooSmall);
+        }
+        Ok(Self {
+            geometry,
+            segment_size,
+            segments: segments as u32,
+            payload_max: config.payload_max as usize,
+            control_len,
+            frame_max,
+        })
+    }
+
+    pub fn slot_start(&self, epoch: u32) -> u64 {
+        (epoch % self.segments) as u64 * self.segment_size
+    }
+
+    pub fn write_size(&self) -> usize {
+        self.geometry.write_size as usize
+    }
+}
+
+/// Upper bound of a control frame's postcard payload: three u32 varints.
+const CONTROL_PAYLOAD_MAX: usize = 15;
+
+/// The segment appends go to.
+#[derive(Debug, Clone, Copy)]
+struct Head {
+    epoch: u32,
+    /// Absolute offset of the next write.
+    offset: u64,
+    /// Absolute end of the segment.
+    end: u64,
+}
+
+/// The append-only log. `S` is the storage, `B` the lent buffer (an array, a `&mut [u8]` or a
+/// `Vec<u8>`), used for reads during recovery and to encode frames afterwards.
+#[derive(Debug)]
+pub struct Log<S, B> {
+    storage: S,
+    buffer: B,
+    layout: Layout,
+    /// The segment appends go to; `None` when the next append must open a fresh segment.
+    head: Option<Head>,
+    /// The newest epoch with a valid header, 0 when the log is empty.
+    newest_epoch: u32,
+    /// The oldest live epoch as recorded durably (segment header or release frame).
+    start_epoch: u32,
+    /// The oldest live epoch the newest segment header records, durable at the next sync.
+    header_start_epoch: u32,
+    /// The oldest live epoch in memory: `start_epoch` plus releases not yet recorded.
+    release_epoch: u32,
+    next_sequence: u64,
+    /// Every sequence number below this one is durable.
+    durable_sequence: u64,
+    poisoned: bool,
+}
+
+impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
+    /// Opens the log: recovers it from `storage`, calling `visit` for every frame in sequence
+    /// order, and returns the log ready to append with what recovery found.
+    pub fn open<V>(
+        storage: S,
+        mut buffer: B,
+        config: Config,
+        visit: impl FnMut(Entry<'_>) -> Result<(), V>,
+    ) -> Result<(Self, Recovery), OpenError<S::Error, V>> {
+        let layout = Layout::new(storage.geometry(), &config, buffer.as_mut().len())
+            .map_err(OpenError::Config)?;
+        let mut log = Self {
+            storage,
+            buffer,
+            layout,
+            head: None,
+            newest_epoch: 0,
+            // Epochs start at 1; recovery overwrites these when it finds segments.
+            start_epoch: 1,
+            header_start_epoch: 1,
+            release_epoch: 1,
+            next_sequence: 0,
+            durable_sequence: 0,
+            poisoned: false,
+        };
+        let recovery = recover::run(&mut log, config.policy, visit)?;
+        // Frames read back may sit in a page cache that was never flushed (a killed process,
+        // not a power cut); flush them before treating them as durable.
+        log.storage.sync().map_err(OpenError::Storage)?;
+        log.durable_sequence = log.next_sequence;
+        Ok((log, recovery))
+    }
+
+    /// Appends one frame of `kind` (at least [`KIND_USER_MIN`]) whose payload `fill` writes into
+    /// the given area, returning its length. The frame is durable after the next [`Log::sync`].
+    pub fn append(
+        &mut self,
+        kind: u8,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, EmitError>,
+    ) -> Result<Appended, AppendError<S::Error>> {
+        debug_assert!(kind >= KIND_USER_MIN, "kinds below 16 belong to the log");
+        if self.poisoned {
+            return Err(AppendError::Poisoned);
+        }
+        let len = self.encode(kind, fill)?;
+        let fits = self
+            .head
+            .is_some_and(|head| head.offset + (len + self.layout.control_len) as u64 <= head.end);
+        if !fits {
+            self.open_segment()?;
+            // The epoch is part of the frame: encode again for the new segment. `fill` was
+            // consumed, so the bytes are re-stamped in place rather than regenerated.
+            self.restamp_epoch(len);
+        }
+        self.write_encoded(len)
+    }
+
+    /// Appends one frame whose payload is `value` serialized with postcard.
+    pub fn append_postcard<T: Serialize>(
+        &mut self,
+        kind: u8,
+        value: &T,
+    ) -> Result<Appended, AppendError<S::Error>> {
+        self.append(kind, |area| {
+            postcard::to_slice(value, area)
+                .map(|used| used.len())
+                .map_err(|_| EmitError::BufferTooSmall)
+        })
+    }
+
+    /// Makes every appended frame durable. An error poisons the log: nothing appended since the
+    /// previous successful sync may be acknowledged, and every later call fails.
+    pub fn sync(&mut self) -> Result<(), SyncError<S::Error>> {
+        if self.poisoned {
+            return Err(SyncError::Poisoned);
+        }
+        if let Err(error) = self.storage.sync() {
+            self.poisoned = true;
+            return Err(SyncError::Storage(error));
+        }
+        self.durable_sequence = self.next_sequence;
+        self.start_epoch = self.start_epoch.max(self.header_start_epoch);
+        Ok(())
+    }
+
+    /// Declares every segment older than the one holding `frame` free for reuse. `frame` must be
+    /// durable (a checkpoint that makes the older frames redundant, typically).
+    pub fn release_before(&mut self, frame: Appended) -> Result<(), SyncError<S::Error>> {
+        if self.poisoned {
+            return Err(SyncError::Poisoned);
+        }
+        if frame.sequence >= self.durable_sequence || frame.position.epoch > self.newest_epoch {
+            return Err(SyncError::NotDurable);
+        }
+        self.release_epoch = self.release_epoch.max(frame.position.epoch);
+        Ok(())
+    }
+
+    /// The sequence number the next append will get.
+    pub fn next_sequence(&self) -> u64 {
+        self.next_sequence
+    }
+
+    /// Every frame with a lower sequence number is durable.
+    pub fn durable_sequence(&self) -> u64 {
+        self.durable_sequence
+    }
+
+    /// Segments neither live nor needed: how many more segments can be opened before
+    /// [`AppendError::Full`].
+    pub fn free_segments(&self) -> u32 {
+        if self.newest_epoch == 0 {
+            return self.layout.segments;
+        }
+        let live = self.newest_epoch - self.release_epoch.min(self.newest_epoch) + 1;
+        self.layout.segments.saturating_sub(live)
+    }
+
+    /// Total number of segments.
+    pub fn segments(&self) -> u32 {
+        self.layout.segments
+    }
+
+    /// Bytes per segment.
+    pub fn segment_size(&self) -> u64 {
+        self.layout.segment_size
+    }
+
+    /// True once a storage error poisoned the log.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    /// The storage, for inspection.
+    pub fn storage(&self) -> &S {
+        &self.storage
+    }
+
+    /// Gives the storage and buffer back.
+    pub fn into_parts(self) -> (S, B) {
+        (self.storage, self.buffer)
+    }
+
+    fn encode(
+        &mut self,
+        kind: u8,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, EmitError>,
+    ) -> Result<usize, AppendError<S::Error>> {
+        let header = self.header(kind, self.head.map_or(0, |head| head.epoch));
+        let payload_max = self.layout.payload_max;
+        let write_size = self.layout.write_size();
+        let erased = self.layout.geometry.erased_value;
+        let buffer = &mut self.buffer.as_mut()[..self.layout.frame_max];
+        frame::emit(buffer, header, write_size, erased, |area| {
+            let length = fill(&mut area[..payload_max])?;
+            if length > payload_max {
+                return Err(EmitError::BufferTooSmall);
+            }
+            Ok(length)
+        })
+        .map_err(AppendError::Encode)
+    }
+
+    fn header(&self, kind: u8, epoch: u32) -> Header {
+        let unsynced = self.next_sequence - self.durable_sequence;
+        Header {
+            kind,
+            sequence: self.next_sequence,
+            epoch,
+            unsynced: unsynced.min(u32::MAX as u64) as u32,
+        }
+    }
+
+    /// Rewrites the epoch and unsynced fields of the encoded frame in the buffer, and its CRC.
+    fn restamp_epoch(&mut self, len: usize) {
+        let epoch = self.head.map_or(0, |head| head.epoch);
+        let header = self.header(KIND_USER_MIN, epoch);
+        frame::restamp(
+            &mut self.buffer.as_mut()[..len],
+            header.epoch,
+            header.unsynced,
+        );
+    }
+
+    fn write_encoded(&mut self, len: usize) -> Result<Appended, AppendError<S::Error>> {
+        let Some(head) = self.head.as_mut() else {
+            return Err(AppendError::Full);
+        };
+        let offset = head.offset;
+        let epoch = head.epoch;
+        let bytes = &self.buffer.as_mut()[..len];
+        if let Err(error) = self.storage.write(offset, bytes) {
+            self.poisoned = true;
+            return Err(AppendError::Storage(error));
+        }
+        head.offset += len as u64;
+        let sequence = self.next_sequence;
+        self.next_sequence += 1;
+        Ok(Appended {
+            sequence,
+            position: Position { epoch, offset },
+        })
+    }
+
+    /// Writes a control frame into the head segment (its space was reserved).
+    fn write_control<T: Serialize>(
+        &mut self,
+        kind: u8,
+        epoch: u32,
+        value: &T,
+    ) -> Result<(), AppendError<S::Error>> {
+        let header = self.header(kind, epoch);
+        let write_size = self.layout.write_size();
+        let erased = self.layout.geometry.erased_value;
+        // Control frames use the area after the user frame, which may hold a frame waiting to
+        // be written once this control frame is out.
+        let area = self.layout.frame_max..self.layout.frame_max + self.layout.control_len;
+        let buffer = &mut self.buffer.as_mut()[area.clone()];
+        let len = frame::emit_postcard(buffer, header, write_size, erased, value)
+            .map_err(AppendError::Encode)?;
+        let Some(head) = self.head.as_mut() else {
+            return Err(AppendError::Full);
+        };
+        let bytes = &self.buffer.as_mut()[area.start..area.start + len];
+        if let Err(error) = self.storage.write(head.offset, bytes) {
+            self.poisoned = true;
+            return Err(AppendError::Storage(error));
+        }
+        head.offset += len as u64;
+        Ok(())
+    }
+
+    /// Opens the next segment in the ring: records pending releases durably, erases the slot,
+    /// writes the header. The new segment becomes the head.
+    fn open_segment(&mut self) -> Result<(), AppendError<S::Error>> {
+        let epoch = self
+            .newest_epoch
+            .checked_add(1)
+            .ok_or(AppendError::EpochsExhausted)?;
+        if epoch == u32::MAX {
+            return Err(AppendError::EpochsExhausted);
+        }
+        let segments = self.layout.segments;
+        let victim = epoch.checked_sub(segments);
+        if victim.is_some_and(|victim| victim >= self.release_epoch) {
+            return Err(AppendError::Full);
+        }
+        if victim.is_some_and(|victim| victim >= self.start_epoch) {
+            self.record_release()?;
+        }
+        let start = self.layout.slot_start(epoch);
+        if let Err(error) = self.storage.erase(start, self.layout.segment_size) {
+            self.poisoned = true;
+            return Err(AppendError::Storage(error));
+        }
+        let end = start + self.layout.segment_size;
+        self.head = Some(Head {
+            epoch,
+            offset: start,
+            end,
+        });
+        self.newest_epoch = epoch;
+        // Releases are only ever made for durable frames, so recording the in-memory release
+        // point here is safe; it counts as durable once this header is synced.
+        let header = SegmentHeader {
+            start_epoch: self.release_epoch.max(self.start_epoch),
+            segment_size: self.layout.segment_size as u32,
+            write_size: self.layout.geometry.write_size,
+        };
+        self.header_start_epoch = header.start_epoch;
+        self.write_control(KIND_SEGMENT_HEADER, epoch, &header)
+    }
+
+    /// Writes a release frame into the head segment and syncs, so that a crash during the erase
+    /// that follows cannot make recovery look for the released segments.
+    fn record_release(&mut self) -> Result<(), AppendError<S::Error>> {
+        let Some(head) = self.head else {
+            // No writable head: recovery found damage with no prefix before it and abandoned
+            // every live segment (the only way to have a release pending without a head). A crash
+            // during the erase that follows leaves that same damage for the next recovery, which
+            // abandons them again; there is nothing to record.
+            self.start_epoch = self.release_epoch;
+            return Ok(());
+        };
+        let release = Release {
+            start_epoch: self.release_epoch,
+        };
+        self.write_control(KIND_RELEASE, head.epoch, &release)?;
+        if let Err(error) = self.storage.sync() {
+            self.poisoned = true;
+            return Err(AppendError::Storage(error));
+        }
+        self.durable_sequence = self.next_sequence;
+        self.start_epoch = self.release_epoch;
+        Ok(())
+    }
+}

@@ -1,0 +1,516 @@
+//! Recovery: find the live segments, replay their frames in sequence order, and decide whether
+//! damage is a torn tail (lost to a crash, never acknowledged) or mid-log corruption.
+//!
+//! Recovery only reads. A crash during recovery leaves the storage as it was, so recovery can
+//! always run again and reach the same result.
+//!
+//! The walk:
+//! 1. Read every slot's first frame; the valid segment header with the highest epoch `H` is the
+//!    newest segment. The oldest live epoch `S` is the largest of what `H`'s header and `H`'s
+//!    release frames record.
+//! 2. Walk epochs `S..=H`, yielding user frames whose sequence numbers follow on exactly.
+//! 3. Where the walk breaks (a bad frame, garbage after the last frame, a missing segment, a
+//!    sequence gap), look for a later segment whose header continues at exactly the expected
+//!    sequence number: a previous recovery cut the log there, and the walk continues from it.
+//!    Otherwise scan everything after the break: if any valid frame records (by its `unsynced`
+//!    field) that the missing frame had already been synced, the damage is mid-log corruption;
+//!    if not, the missing frames were never durable and the damage is a torn tail.
+
+use super::window::{Reader, Slot};
+use super::{
+    Entry, Layout, Log, OpenError, Policy, Position, Release, SegmentHeader, KIND_RELEASE,
+    KIND_SEGMENT_HEADER, KIND_USER_MIN,
+};
+use crate::frame::FrameError;
+use crate::storage::Storage;
+
+/// What recovery found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Recovery {
+    /// User frames yielded.
+    pub frames: u64,
+    /// Live segments walked.
+    pub segments: u32,
+    /// The sequence number the next append will get.
+    pub next_sequence: u64,
+    /// Frames lost or torn by a crash, truncated; none of them had been synced.
+    pub torn_tail: Option<Damage>,
+    /// Damage to frames that had been synced: the log was cut before it.
+    pub corruption: Option<Damage>,
+    /// Breaks that an earlier recovery had already reported and cut off.
+    pub earlier_cuts: u32,
+    /// Whether appends continue in the newest segment (true) or open a fresh one.
+    pub appends_in_place: bool,
+}
+
+impl Recovery {
+    /// True when recovery found neither a torn tail nor corruption.
+    pub fn is_clean(&self) -> bool {
+        self.torn_tail.is_none() && self.corruption.is_none()
+    }
+}
+
+/// Where the log broke and what was skipped from there on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct Damage {
+    /// Where the break is.
+    pub position: Position,
+    /// The first sequence number not recovered, when known.
+    pub expected_sequence: Option<u64>,
+    /// What was found there.
+    pub cause: DamageCause,
+    /// Bytes from the break to the end of the log, none of which was yielded.
+    pub bytes_skipped: u64,
+    /// Valid frames found after the break and not yielded.
+    pub frames_skipped: u64,
+}
+
+/// What was found where the log broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum DamageCause {
+    /// Bytes that do not decode as a frame.
+    Frame(FrameError),
+    /// A valid frame with another sequence number than the one expected.
+    Sequence {
+        /// The sequence number found.
+        found: u64,
+    },
+    /// A valid frame from another epoch (stale data in the segment).
+    StaleEpoch,
+    /// A live segment whose header is missing or damaged.
+    MissingSegment,
+    /// The frames end, but the space after them is not erased.
+    GarbageAfterEnd,
+}
+
+/// How the walk of one segment ended.
+enum SegmentEnd {
+    /// After the last frame, the rest is erased (or too small for a frame).
+    Clean(u64),
+    /// Something other than erased space follows the last frame.
+    Broken(u64, DamageCause),
+}
+
+/// A segment header as found in a slot.
+#[derive(Clone, Copy)]
+struct SlotHeader {
+    first_sequence: u64,
+    header: SegmentHeader,
+    /// Where the first frame after the header starts.
+    body: u64,
+}
+
+type OpenResult<T, S, V> = Result<T, OpenError<<S as Storage>::Error, V>>;
+
+pub(super) fn run<S: Storage, B: AsMut<[u8]>, V>(
+    log: &mut Log<S, B>,
+    policy: Policy,
+    visit: impl FnMut(Entry<'_>) -> Result<(), V>,
+) -> OpenResult<Recovery, S, V> {
+    let layout = log.layout;
+    let mut reader = Reader::new(&mut log.storage, log.buffer.as_mut(), layout);
+    let Some((newest, newest_header)) = find_newest(&mut reader)? else {
+        return Ok(Recovery::default());
+    };
+    let start = start_epoch(&mut reader, newest, newest_header)?;
+    let mut walk = Walk {
+        reader,
+        visit,
+        policy,
+        newest,
+        report: Recovery::default(),
+        expected: None,
+        max_sequence: newest_header.first_sequence,
+    };
+    let outcome = walk.run(start)?;
+    let report = walk.report;
+    let max_sequence = walk.max_sequence;
+    log.newest_epoch = newest;
+    log.start_epoch = start;
+    log.header_start_epoch = start;
+    log.release_epoch = start;
+    match outcome {
+        Outcome::InPlace {
+            epoch,
+            offset,
+            next,
+        } => {
+            log.next_sequence = next;
+            log.head = Some(super::Head {
+                epoch,
+                offset,
+                end: layout.slot_start(epoch) + layout.segment_size,
+            });
+        }
+        Outcome::Cut { next } => log.next_sequence = next,
+        Outcome::Abandon => {
+            // Nothing before the damage survives: the next segment records itself as the start.
+            log.next_sequence = max_sequence.saturating_add(1);
+            log.release_epoch = newest.saturating_add(1);
+        }
+    }
+    Ok(Recovery {
+        next_sequence: log.next_sequence,
+        appends_in_place: log.head.is_some(),
+        ..report
+    })
+}
+
+/// Reads the header of the segment in `epoch`'s slot, if it is a valid header of that epoch.
+fn read_header<S: Storage>(
+    reader: &mut Reader<'_, S>,
+    epoch: u32,
+) -> Result<Option<SlotHeader>, S::Error> {
+    let layout = reader.layout;
+    let start = layout.slot_start(epoch);
+    reader.set_read_limit(layout.control_len);
+    let found = reader.frame_at(start, start + layout.segment_size);
+    reader.set_read_limit(usize::MAX);
+    let Slot::Valid {
+        header,
+        payload,
+        padded,
+        ..
+    } = found?
+    else {
+        return Ok(None);
+    };
+    if header.kind != KIND_SEGMENT_HEADER || header.epoch != epoch {
+        return Ok(None);
+    }
+    let Ok(segment) = postcard::from_bytes::<SegmentHeader>(&reader.buffer[payload]) else {
+        return Ok(None);
+    };
+    Ok(Some(SlotHeader {
+        first_sequence: header.sequence,
+        header: segment,
+        body: start + padded as u64,
+    }))
+}
+
+/// Pass 1: the newest valid segment header of any slot.
+fn find_newest<S: Storage, V>(
+    reader: &mut Reader<'_, S>,
+) -> OpenResult<Option<(u32, SlotHeader)>, S, V> {
+    let layout = reader.layout;
+    let mut newest: Option<(u32, SlotHeader)> = None;
+    for slot in 0..layout.segments {
+        let start = layout.slot_start(slot);
+        reader.set_read_limit(layout.control_len);
+        let found = reader.frame_at(start, start + layout.segment_size);
+        reader.set_read_limit(usize::MAX);
+        let found = found.map_err(OpenError::Storage)?;
+        let Slot::Valid {
+            header, payload, ..
+        } = found
+        else {
+            continue;
+        };
+        if header.kind != KIND_SEGMENT_HEADER {
+            continue;
+        }
+        // Any readable header with another geometry means the configuration is wrong: refuse
+        // rather than treat the log as empty and erase it.
+        if let Ok(recorded) = postcard::from_bytes::<SegmentHeader>(&reader.buffer[payload]) {
+            check_layout(&layout, &recorded)?;
+        }
+        if header.epoch % layout.segments != slot {
+            continue;
+        }
+        let Some(slot_header) = read_header(reader, header.epoch).map_err(OpenError::Storage)?
+        else {
+            continue;
+        };
+        if newest.is_none_or(|(epoch, _)| header.epoch > epoch) {
+            newest = Some((header.epoch, slot_header));
+        }
+    }
+    Ok(newest)
+}
+
+fn check_layout<E, V>(layout: &Layout, header: &SegmentHeader) -> Result<(), OpenError<E, V>> {
+    if header.segment_size as u64 != layout.segment_size
+        || header.write_size != layout.geometry.write_size
+    {
+        return Err(OpenError::LayoutMismatch {
+            segment_size: header.segment_size,
+            write_size: header.write_size,
+        });
+    }
+    Ok(())
+}
+
+/// The oldest live epoch: what the newest header and the newest segment's release frames say.
+fn start_epoch<S: Storage, V>(
+    reader: &mut Reader<'_, S>,
+    newest: u32,
+    header: SlotHeader,
+) -> OpenResult<u32, S, V> {
+    let layout = reader.layout;
+    let oldest_possible = newest.saturating_sub(layout.segments - 1).max(1);
+    let mut start = header.header.start_epoch.max(oldest_possible);
+    let end = layout.slot_start(newest) + layout.segment_size;
+    let mut offset = header.body;
+    loop {
+        let slot = reader.frame_at(offset, end).map_err(OpenError::Storage)?;
+        let Slot::Valid {
+            header: frame,
+            payload,
+            padded,
+            ..
+        } = slot
+        else {
+            break;
+        };
+        if frame.epoch != newest {
+            break;
+        }
+        if frame.kind == KIND_RELEASE {
+            if let Ok(release) = postcard::from_bytes::<Release>(&reader.buffer[payload]) {
+                start = start.max(release.start_epoch);
+            }
+        }
+        offset += padded as u64;
+    }
+    Ok(start.min(newest))
+}
+
+enum Outcome {
+    /// The newest segment ends cleanly: append after its last frame.
+    InPlace { epoch: u32, offset: u64, next: u64 },
+    /// The walk stopped at damage: append in a fresh segment, continuing at `next`.
+    Cut { next: u64 },
+    /// The damage left no prefix at all: start afresh in a new segment.
+    Abandon,
+}
+
+struct Walk<'a, S, F> {
+    reader: Reader<'a, S>,
+    visit: F,
+    policy: Policy,
+    newest: u32,
+    report: Recovery,
+    /// The next sequence number the walk expects, once known.
+    expected: Option<u64>,
+    /// The highest sequence number seen in any valid frame or header.
+    max_sequence: u64,
+}
+
+impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
+    fn run(&mut self, start: u32) -> OpenResult<Outcome, S, V> {
+        let mut epoch = start;
+        loop {
+            let header = read_header(&mut self.reader, epoch).map_err(OpenError::Storage)?;
+            let end = match header {
+                Some(header) if self.continues(&header) => {
+                    self.expected = Some(header.first_sequence);
+                    self.report.segments += 1;
+                    self.walk_segment(epoch, header.body)?
+                }
+                _ => SegmentEnd::Broken(self.reader.layout.slot_start(epoch), missing(header)),
+            };
+            match end {
+                SegmentEnd::Clean(offset) if epoch == self.newest => {
+                    let next = self.expected.unwrap_or(0);
+                    return Ok(Outcome::InPlace {
+                        epoch,
+                        offset,
+                        next,
+                    });
+                }
+                SegmentEnd::Clean(_) => match self.continuation(epoch + 1, false)? {
+                    Some(next_epoch) => epoch = next_epoch,
+                    None => {
+                        let at = self.reader.layout.slot_start(epoch + 1);
+                        return self.damaged(epoch + 1, at, DamageCause::MissingSegment);
+                    }
+                },
+                SegmentEnd::Broken(offset, cause) => match self.continuation(epoch + 1, true)? {
+                    Some(next_epoch) => epoch = next_epoch,
+                    None => return self.damaged(epoch, offset, cause),
+                },
+            }
+        }
+    }
+
+    /// Whether a header follows on from the walk so far (always, for the first segment).
+    fn continues(&self, header: &SlotHeader) -> bool {
+        self.expected
+            .is_none_or(|expected| header.first_sequence == expected)
+    }
+
+    /// After a segment ended at `expected`, the epoch the walk continues with: the next segment
+    /// if it follows on, or a later one that an earlier recovery opened to cut the log here.
+    fn continuation(&mut self, from: u32, broken: bool) -> OpenResult<Option<u32>, S, V> {
+        let Some(expected) = self.expected else {
+            return Ok(None);
+        };
+        for epoch in from..=self.newest {
+            let header = read_header(&mut self.reader, epoch).map_err(OpenError::Storage)?;
+            let Some(header) = header else { continue };
+            self.max_sequence = self.max_sequence.max(header.first_sequence);
+            if header.first_sequence == expected {
+                if broken || epoch != from {
+                    self.report.earlier_cuts += 1;
+                }
+                return Ok(Some(epoch));
+            }
+            if header.first_sequence < expected {
+                return Ok(None);
+            }
+        }
+        Ok(None)
+    }
+
+    /// Yields the frames of one segment from `offset` on, and says how the segment ends.
+    fn walk_segment(&mut self, epoch: u32, mut offset: u64) -> OpenResult<SegmentEnd, S, V> {
+        let layout = self.reader.layout;
+        let end = layout.slot_start(epoch) + layout.segment_size;
+        loop {
+            let slot = self
+                .reader
+                .frame_at(offset, end)
+                .map_err(OpenError::Storage)?;
+            let (header, payload, crc, padded) = match slot {
+                Slot::NoRoom => return Ok(SegmentEnd::Clean(offset)),
+                Slot::Erased => return self.after_last_frame(offset, end),
+                Slot::Bad(error) => {
+                    return Ok(SegmentEnd::Broken(offset, DamageCause::Frame(error)))
+                }
+                Slot::Valid {
+                    header,
+                    payload,
+                    crc,
+                    padded,
+                } => (header, payload, crc, padded),
+            };
+            let expected = self.expected.unwrap_or(header.sequence);
+            if header.epoch != epoch {
+                return Ok(SegmentEnd::Broken(offset, DamageCause::StaleEpoch));
+            }
+            if header.sequence != expected || header.kind == KIND_SEGMENT_HEADER {
+                let cause = DamageCause::Sequence {
+                    found: header.sequence,
+                };
+                return Ok(SegmentEnd::Broken(offset, cause));
+            }
+            if header.kind >= KIND_USER_MIN {
+                let entry = Entry {
+                    sequence: header.sequence,
+                    kind: header.kind,
+                    position: Position { epoch, offset },
+                    crc,
+                    payload: &self.reader.buffer[payload],
+                };
+                (self.visit)(entry).map_err(OpenError::Visitor)?;
+                self.report.frames += 1;
+                self.expected = Some(expected + 1);
+                self.max_sequence = self.max_sequence.max(expected);
+            }
+            offset += padded as u64;
+        }
+    }
+
+    fn after_last_frame(&mut self, offset: u64, end: u64) -> OpenResult<SegmentEnd, S, V> {
+        let clean = self
+            .reader
+            .is_erased(offset, end)
+            .map_err(OpenError::Storage)?;
+        Ok(if clean {
+            SegmentEnd::Clean(offset)
+        } else {
+            SegmentEnd::Broken(offset, DamageCause::GarbageAfterEnd)
+        })
+    }
+
+    /// The walk broke at `offset` in `epoch` with nothing continuing it: classify and report.
+    fn damaged(
+        &mut self,
+        epoch: u32,
+        offset: u64,
+        cause: DamageCause,
+    ) -> OpenResult<Outcome, S, V> {
+        let evidence = self.scan_after(epoch, offset)?;
+        let damage = super::Damage {
+            position: Position { epoch, offset },
+            expected_sequence: self.expected,
+            cause,
+            bytes_skipped: evidence.bytes,
+            frames_skipped: evidence.frames,
+        };
+        if evidence.durable_lost {
+            if self.policy == Policy::Strict {
+                return Err(OpenError::Corrupted(damage));
+            }
+            self.report.corruption = Some(damage);
+        } else {
+            self.report.torn_tail = Some(damage);
+        }
+        Ok(match self.expected {
+            Some(next) => Outcome::Cut { next },
+            None => Outcome::Abandon,
+        })
+    }
+
+    /// Scans every frame-aligned position from `offset` in `epoch` to the end of the newest
+    /// segment for valid frames, and whether any proves that the expected frame was synced.
+    fn scan_after(&mut self, first_epoch: u32, offset: u64) -> OpenResult<Evidence, S, V> {
+        let layout = self.reader.layout;
+        let write_size = layout.write_size() as u64;
+        let mut evidence = Evidence {
+            // A missing first segment has no expected frame: whatever was there was durable.
+            durable_lost: self.expected.is_none(),
+            ..Evidence::default()
+        };
+        for epoch in first_epoch..=self.newest {
+            let segment_start = layout.slot_start(epoch);
+            let end = segment_start + layout.segment_size;
+            let mut at = if epoch == first_epoch {
+                offset
+            } else {
+                segment_start
+            };
+            evidence.bytes += end - at;
+            while at < end {
+                let slot = self.reader.frame_at(at, end).map_err(OpenError::Storage)?;
+                match slot {
+                    Slot::Valid { header, padded, .. } if header.epoch == epoch => {
+                        evidence.frames += u64::from(header.kind >= KIND_USER_MIN);
+                        self.max_sequence = self.max_sequence.max(header.sequence);
+                        let synced_below = header.sequence.saturating_sub(header.unsynced as u64);
+                        if self
+                            .expected
+                            .is_some_and(|expected| expected < synced_below)
+                        {
+                            evidence.durable_lost = true;
+                        }
+                        at += padded as u64;
+                    }
+                    Slot::NoRoom => break,
+                    _ => at += write_size,
+                }
+            }
+        }
+        Ok(evidence)
+    }
+}
+
+#[derive(Default)]
+struct Evidence {
+    bytes: u64,
+    frames: u64,
+    durable_lost: bool,
+}
+
+fn missing(header: Option<SlotHeader>) -> DamageCause {
+    match header {
+        None => DamageCause::MissingSegment,
+        Some(header) => DamageCause::Sequence {
+            found: header.first_sequence,
+        },
+    }
+}

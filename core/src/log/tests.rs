@@ -1,0 +1,262 @@
+// Dropping a log or counter in these tests marks where a process would stop; the borrow ends there.
+#![allow(clippy::drop_non_drop)]
+
+use super::*;
+use crate::storage::RamStorage;
+
+const SIZE: usize = 4096;
+type Ram = RamStorage<SIZE>;
+
+fn ram(write_size: u32) -> Ram {
+    RamStorage::new(write_size, 512, 0xFF).unwrap()
+}
+
+fn config() -> Config {
+    Config {
+        segment_size: 0,
+        payload_max: 32,
+        policy: Policy::StopAtCorruption,
+    }
+}
+
+/// Opens the log and collects the payloads it yields (first byte of each).
+fn open(
+    storage: &mut Ram,
+    policy: Policy,
+) -> (Log<&mut Ram, [u8; 256]>, Recovery, [u8; 64], usize) {
+    let mut seen = [0u8; 64];
+    let mut count = 0;
+    let config = Config { policy, ..config() };
+    let (log, recovery) = Log::open(storage, [0u8; 256], config, |entry| {
+        seen[count] = entry.payload[0];
+        count += 1;
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    (log, recovery, seen, count)
+}
+
+fn append(log: &mut Log<&mut Ram, [u8; 256]>, byte: u8) -> Appended {
+    log.append(KIND_USER_MIN, |area| {
+        area[..20].fill(byte);
+        Ok(20)
+    })
+    .unwrap()
+}
+
+#[test]
+fn frames_come_back_in_order_after_reopen() {
+    let mut storage = ram(8);
+    let (mut log, recovery, _, count) = open(&mut storage, Policy::Strict);
+    assert_eq!(count, 0);
+    assert!(recovery.is_clean());
+    for byte in 1..=30 {
+        append(&mut log, byte);
+    }
+    log.sync().unwrap();
+    drop(log);
+    let (log, recovery, seen, count) = open(&mut storage, Policy::Strict);
+    assert_eq!(count, 30);
+    assert!(seen[..30].iter().copied().eq(1..=30));
+    assert!(recovery.is_clean());
+    assert!(recovery.appends_in_place);
+    assert_eq!(log.next_sequence(), 30);
+}
+
+#[test]
+fn appends_continue_in_place_after_a_clean_reopen() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    append(&mut log, 1);
+    log.sync().unwrap();
+    drop(log);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    append(&mut log, 2);
+    log.sync().unwrap();
+    drop(log);
+    let (_, recovery, seen, count) = open(&mut storage, Policy::Strict);
+    assert_eq!((count, &seen[..2]), (2, &[1, 2][..]));
+    assert_eq!(recovery.segments, 1);
+}
+
+#[test]
+fn a_damaged_last_frame_is_a_torn_tail_and_appends_go_to_a_fresh_segment() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    append(&mut log, 1);
+    let last = append(&mut log, 2);
+    log.sync().unwrap();
+    drop(log);
+    storage.bytes_mut()[last.position.offset as usize + 30] ^= 0x10;
+    let (mut log, recovery, seen, count) = open(&mut storage, Policy::Strict);
+    assert_eq!((count, seen[0]), (1, 1));
+    let torn = recovery.torn_tail.expect("torn tail reported");
+    assert_eq!(torn.expected_sequence, Some(1));
+    assert_eq!(torn.position, last.position);
+    assert!(!recovery.appends_in_place);
+    let appended = append(&mut log, 3);
+    assert_ne!(appended.position.epoch, last.position.epoch);
+    log.sync().unwrap();
+    drop(log);
+    let (_, recovery, seen, count) = open(&mut storage, Policy::Strict);
+    assert_eq!((count, &seen[..2]), (2, &[1, 3][..]));
+    assert!(recovery.is_clean());
+    assert_eq!(recovery.earlier_cuts, 1);
+}
+
+#[test]
+fn damage_before_a_synced_frame_is_mid_log_corruption() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    let first = append(&mut log, 1);
+    log.sync().unwrap();
+    append(&mut log, 2);
+    append(&mut log, 3);
+    log.sync().unwrap();
+    drop(log);
+    storage.bytes_mut()[first.position.offset as usize + 26] ^= 0x01;
+    let mut copy = ram(8);
+    copy.bytes_mut().copy_from_slice(storage.bytes_mut());
+
+    let refused = Log::open(
+        &mut copy,
+        [0u8; 256],
+        Config {
+            policy: Policy::Strict,
+            ..config()
+        },
+        |_| Ok::<(), ()>(()),
+    );
+    let Err(OpenError::Corrupted(damage)) = refused else {
+        panic!("strict policy must refuse to open");
+    };
+    assert_eq!(damage.frames_skipped, 2);
+
+    let (mut log, recovery, _, count) = open(&mut storage, Policy::StopAtCorruption);
+    assert_eq!(count, 0, "nothing before the damage");
+    let corruption = recovery.corruption.expect("corruption reported");
+    assert_eq!(corruption.position, first.position);
+    assert_eq!(corruption.frames_skipped, 2);
+    append(&mut log, 4);
+    log.sync().unwrap();
+    drop(log);
+    let (_, recovery, seen, count) = open(&mut storage, Policy::Strict);
+    assert_eq!(
+        (count, seen[0]),
+        (1, 4),
+        "the new frame is there, nothing behind the cut"
+    );
+    assert!(recovery.is_clean());
+    assert_eq!(recovery.earlier_cuts, 1);
+}
+
+#[test]
+fn an_unsynced_frame_after_damage_does_not_prove_it_durable() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    append(&mut log, 1);
+    log.sync().unwrap();
+    let lost = append(&mut log, 2);
+    append(&mut log, 3);
+    drop(log); // never synced: a crash may lose the first and keep the second
+    storage.bytes_mut()[lost.position.offset as usize] = 0x00;
+    let (_, recovery, _, count) = open(&mut storage, Policy::Strict);
+    assert_eq!(count, 1);
+    let torn = recovery.torn_tail.expect("a torn tail, not corruption");
+    assert_eq!(torn.frames_skipped, 1);
+}
+
+#[test]
+fn released_segments_are_reused_and_the_log_never_fills() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    assert_eq!(log.segments(), 8);
+    let mut byte = 0u8;
+    for _ in 0..400 {
+        byte = byte.wrapping_add(1);
+        let appended = append(&mut log, byte);
+        log.sync().unwrap();
+        // Every frame is a "checkpoint": everything before it may go.
+        log.release_before(appended).unwrap();
+    }
+    drop(log);
+    let (_, recovery, seen, count) = open(&mut storage, Policy::Strict);
+    assert!(recovery.is_clean());
+    assert!(count < 400 && count > 0);
+    assert_eq!(seen[count - 1], byte);
+}
+
+#[test]
+fn without_releases_the_log_fills_and_says_so() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    let mut result = Ok(());
+    for byte in 0..=255u8 {
+        result = log
+            .append(KIND_USER_MIN, |area| {
+                area[..20].fill(byte);
+                Ok(20)
+            })
+            .map(|_| ());
+        if result.is_err() {
+            break;
+        }
+    }
+    assert_eq!(result, Err(AppendError::Full));
+}
+
+#[test]
+fn release_of_an_unsynced_frame_is_refused() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    let appended = append(&mut log, 1);
+    assert_eq!(log.release_before(appended), Err(SyncError::NotDurable));
+}
+
+#[test]
+fn a_log_written_with_another_layout_is_refused() {
+    let mut storage = ram(8);
+    let wide = Config {
+        segment_size: 1024,
+        ..config()
+    };
+    let (mut log, _) = Log::open(&mut storage, [0u8; 256], wide, |_| Ok::<(), ()>(())).unwrap();
+    append(&mut log, 1);
+    log.sync().unwrap();
+    drop(log);
+    let result = Log::open(&mut storage, [0u8; 256], config(), |_| Ok::<(), ()>(()));
+    assert!(matches!(
+        result,
+        Err(OpenError::LayoutMismatch {
+            segment_size: 1024,
+            write_size: 8
+        })
+    ));
+}
+
+#[test]
+fn a_buffer_too_small_for_one_frame_is_refused() {
+    let mut storage = ram(8);
+    let result = Log::open(&mut storage, [0u8; 16], config(), |_| Ok::<(), ()>(()));
+    assert!(matches!(
+        result,
+        Err(OpenError::Config(ConfigError::BufferTooSmall))
+    ));
+}
+
+#[test]
+fn garbage_everywhere_opens_as_an_empty_log() {
+    let mut storage = ram(8);
+    for (index, byte) in storage.bytes_mut().iter_mut().enumerate() {
+        *byte = (index * 7 + 3) as u8;
+    }
+    let (mut log, recovery, _, count) = open(&mut storage, Policy::Strict);
+    assert_eq!(count, 0);
+    assert!(recovery.is_clean());
+    append(&mut log, 9);
+    log.sync().unwrap();
+    drop(log);
+    let (_, recovery, seen, count) = open(&mut storage, Policy::Strict);
+    assert_eq!((count, seen[0]), (1, 9));
+    assert!(recovery.is_clean());
+}

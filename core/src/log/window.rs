@@ -1,0 +1,159 @@
+//! Buffered, checked reads of frames: one storage read fills the lent buffer, and frames are
+//! parsed out of it until one crosses its end. Recovery speed depends on this being few, large
+//! reads rather than one read per frame.
+
+use super::Layout;
+use crate::frame::{self, Frame, FrameError, Header, HEADER_LEN, OVERHEAD};
+use crate::storage::Storage;
+use core::ops::Range;
+
+/// Which storage bytes the buffer currently holds.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Window {
+    start: u64,
+    len: usize,
+}
+
+/// What occupies a frame-aligned position.
+#[derive(Debug, Clone)]
+pub(super) enum Slot {
+    /// Every header byte holds the erased value.
+    Erased,
+    /// Less than one frame's overhead is left before the end of the segment.
+    NoRoom,
+    /// A frame whose checksum matched.
+    Valid {
+        header: Header,
+        /// The payload, as a range of the buffer.
+        payload: Range<usize>,
+        crc: u32,
+        /// Bytes the frame occupies with its padding.
+        padded: usize,
+    },
+    /// Bytes that are neither erased nor a frame.
+    Bad(FrameError),
+}
+
+/// Reads frames from a storage through a lent buffer.
+pub(super) struct Reader<'a, S> {
+    pub storage: &'a mut S,
+    pub buffer: &'a mut [u8],
+    pub layout: Layout,
+    window: Window,
+    /// Bytes a refill reads at most (rounded up to the read size): small while hopping from
+    /// segment header to segment header, the whole buffer while walking frames.
+    read_limit: usize,
+}
+
+impl<'a, S: Storage> Reader<'a, S> {
+    pub fn new(storage: &'a mut S, buffer: &'a mut [u8], layout: Layout) -> Self {
+        Self {
+            storage,
+            buffer,
+            layout,
+            window: Window::default(),
+            read_limit: usize::MAX,
+        }
+    }
+
+    /// Limits how much later refills read; `usize::MAX` reads as much as the buffer holds.
+    pub fn set_read_limit(&mut self, limit: usize) {
+        self.read_limit = limit;
+    }
+
+    /// Makes the buffer hold `[offset, offset + need)`, reading from `offset` up to `end` or the
+    /// buffer's size. Returns false when `offset + need` is past `end`.
+    fn ensure(&mut self, offset: u64, need: usize, end: u64) -> Result<bool, S::Error> {
+        let window_end = self.window.start + self.window.len as u64;
+        if offset >= self.window.start && offset + need as u64 <= window_end {
+            return Ok(true);
+        }
+        if offset + need as u64 > end {
+            return Ok(false);
+        }
+        let read_size = self.layout.geometry.read_size as usize;
+        let usable = self.buffer.len() / read_size * read_size;
+        let wanted = need
+            .max(self.read_limit)
+            .div_ceil(read_size)
+            .saturating_mul(read_size);
+        let len = usable.min(wanted).min((end - offset) as usize);
+        self.window = Window::default();
+        self.storage.read(offset, &mut self.buffer[..len])?;
+        self.window = Window { start: offset, len };
+        Ok(len >= need)
+    }
+
+    /// The buffered bytes from `offset` to the end of the window.
+    fn bytes_at(&self, offset: u64) -> Range<usize> {
+        let relative = (offset - self.window.start) as usize;
+        relative..self.window.len
+    }
+
+    /// Parses what lies at `offset`, a frame-aligned position before `end`.
+    pub fn frame_at(&mut self, offset: u64, end: u64) -> Result<Slot, S::Error> {
+        if !self.ensure(offset, OVERHEAD, end)? {
+            return Ok(Slot::NoRoom);
+        }
+        let erased = self.layout.geometry.erased_value;
+        let range = self.bytes_at(offset);
+        if self.buffer[range.start..range.start + HEADER_LEN]
+            .iter()
+            .all(|&byte| byte == erased)
+        {
+            return Ok(Slot::Erased);
+        }
+        let payload_max = self.layout.payload_max.max(super::CONTROL_PAYLOAD_MAX);
+        let mut parsed = Frame::new_checked(&self.buffer[range], payload_max);
+        if let Err(FrameError::Incomplete {
+            needed: Some(needed),
+        }) = parsed
+        {
+            if !self.ensure(offset, needed, end)? {
+                return Ok(Slot::Bad(FrameError::TooLong));
+            }
+            parsed = Frame::new_checked(&self.buffer[self.bytes_at(offset)], payload_max);
+        }
+        let start = self.bytes_at(offset).start;
+        Ok(match parsed {
+            Ok(frame) => {
+                let padded = frame::padded_len(frame.payload().len(), self.layout.write_size());
+                if offset + padded as u64 > end {
+                    return Ok(Slot::Bad(FrameError::TooLong));
+                }
+                let payload_start = start + HEADER_LEN;
+                Slot::Valid {
+                    header: frame.header(),
+                    payload: payload_start..payload_start + frame.payload().len(),
+                    crc: frame.crc(),
+                    padded,
+                }
+            }
+            Err(error) => Slot::Bad(error),
+        })
+    }
+
+    /// True when every byte of `[offset, end)` holds the erased value.
+    pub fn is_erased(&mut self, mut offset: u64, end: u64) -> Result<bool, S::Error> {
+        let erased = self.layout.geometry.erased_value;
+        while offset < end {
+            let chunk = self
+                .layout
+                .write_size()
+                .max((self.buffer.len() / self.layout.write_size()) * self.layout.write_size());
+            let chunk = chunk.min((end - offset) as usize);
+            if !self.ensure(offset, chunk, end)? {
+                return Ok(false);
+            }
+            let range = self.bytes_at(offset);
+            if self.buffer[range.start..range.start + chunk]
+                .iter()
+                .any(|&byte| byte != erased)
+            {
+                return Ok(false);
+            }
+            offset += chunk as u64;
+        }
+        Ok(true)
+    }
+}
