@@ -315,6 +315,10 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
             };
             match end {
                 SegmentEnd::Clean(offset) if epoch == self.newest => {
+                    if self.successor_was_durable()? {
+                        let at = self.reader.layout.slot_start(epoch + 1);
+                        return self.damaged(epoch + 1, at, DamageCause::MissingSegment);
+                    }
                     let next = self.expected.unwrap_or(0);
                     return Ok(Outcome::InPlace {
                         epoch,
@@ -335,6 +339,25 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
                 },
             }
         }
+    }
+
+    /// Whether the slot after the newest segment holds frames of the next epoch that prove the
+    /// walk's end was synced: then that segment's header was damaged after it was written, and
+    /// its frames are lost rather than never written.
+    fn successor_was_durable(&mut self) -> OpenResult<bool, S, V> {
+        let Some(successor) = self.newest.checked_add(1) else {
+            return Ok(false);
+        };
+        let layout = self.reader.layout;
+        let start = layout.slot_start(successor);
+        let first = self
+            .reader
+            .frame_at(start, start + layout.segment_size)
+            .map_err(OpenError::Storage)?;
+        if matches!(first, Slot::Erased | Slot::Valid { .. }) {
+            return Ok(false);
+        }
+        Ok(self.scan(successor, successor, start)?.durable_lost)
     }
 
     /// Whether a header follows on from the walk so far (always, for the first segment).
@@ -459,6 +482,18 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
     /// Scans every frame-aligned position from `offset` in `epoch` to the end of the newest
     /// segment for valid frames, and whether any proves that the expected frame was synced.
     fn scan_after(&mut self, first_epoch: u32, offset: u64) -> OpenResult<Evidence, S, V> {
+        // The slot after the newest may hold frames of a segment whose header was damaged.
+        let last = self.newest.saturating_add(1);
+        self.scan(first_epoch, last, offset)
+    }
+
+    /// Scans epochs `first_epoch..=last_epoch` from `offset` in the first; see `scan_after`.
+    fn scan(
+        &mut self,
+        first_epoch: u32,
+        last_epoch: u32,
+        offset: u64,
+    ) -> OpenResult<Evidence, S, V> {
         let layout = self.reader.layout;
         let write_size = layout.write_size() as u64;
         let mut evidence = Evidence {
@@ -466,7 +501,7 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
             durable_lost: self.expected.is_none(),
             ..Evidence::default()
         };
-        for epoch in first_epoch..=self.newest {
+        for epoch in first_epoch..=last_epoch {
             let segment_start = layout.slot_start(epoch);
             let end = segment_start + layout.segment_size;
             let mut at = if epoch == first_epoch {

@@ -260,3 +260,25 @@ fn garbage_everywhere_opens_as_an_empty_log() {
     assert_eq!((count, seen[0]), (1, 9));
     assert!(recovery.is_clean());
 }
+
+#[test]
+fn a_damaged_header_of_the_newest_segment_is_reported_not_ignored() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    let mut last = append(&mut log, 0);
+    for byte in 1..40 {
+        last = append(&mut log, byte);
+        log.sync().unwrap();
+    }
+    drop(log);
+    assert!(last.position.epoch >= 3);
+    let header = (last.position.epoch % 8) as usize * 512;
+    storage.bytes_mut()[header + 9] ^= 0x02;
+    let (_, recovery, _, count) = open(&mut storage, Policy::StopAtCorruption);
+    let corruption = recovery
+        .corruption
+        .expect("lost synced frames are reported");
+    assert_eq!(corruption.cause, DamageCause::MissingSegment);
+    assert_eq!(corruption.position.epoch, last.position.epoch);
+    assert!(count < 40);
+}
