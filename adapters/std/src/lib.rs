@@ -1,1 +1,15 @@
-//! placeholder
+//! bedrock-std: runs the bedrock core on a Linux server.
+//!
+//! - [`file`](mod@file): [`FileStorage`], the [`bedrock::storage::Storage`] contract over one preallocated
+//!   file in a locked data directory, with `fdatasync` and poisoning after any failed write or
+//!   sync.
+//!
+//! Not provided (yet): UDP sockets, the monotonic clock and the event-loop driver.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+#[cfg(unix)]
+pub mod file;
+
+#[cfg(unix)]
+pub use file::{FileError, FileOptions, FileStorage, DATA_FILE_NAME, LOCK_FILE_NAME};
