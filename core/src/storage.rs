@@ -70,7 +70,7 @@ impl Geometry {
         if self.read_size > self.write_size || self.write_size > self.erase_size {
             return Err(GeometryError::Misnested);
         }
-        if self.capacity == 0 || self.capacity % self.erase_size as u64 != 0 {
+        if self.capacity == 0 || !self.capacity.is_multiple_of(self.erase_size as u64) {
             return Err(GeometryError::BadCapacity);
         }
         Ok(())
@@ -162,7 +162,7 @@ impl<S: Storage> Partition<S> {
         let fits = start
             .checked_add(len)
             .is_some_and(|end| end <= geometry.capacity);
-        if len == 0 || start % erase != 0 || len % erase != 0 || !fits {
+        if len == 0 || !start.is_multiple_of(erase) || !len.is_multiple_of(erase) || !fits {
             return Err(GeometryError::BadCapacity);
         }
         Ok(Self { inner, start, len })
@@ -260,7 +260,7 @@ impl<const N: usize> RamStorage<N> {
 /// Shared by every adapter so that all of them reject the same requests.
 pub fn check_range(offset: u64, len: u64, unit: u32, capacity: u64) -> Result<(), ContractError> {
     let unit = unit as u64;
-    if offset % unit != 0 || len % unit != 0 {
+    if !offset.is_multiple_of(unit) || !len.is_multiple_of(unit) {
         return Err(ContractError::Misaligned);
     }
     match offset.checked_add(len) {

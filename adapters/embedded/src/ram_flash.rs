@@ -156,7 +156,7 @@ impl<const SIZE: usize, const WRITE: usize, const ERASE: usize, const BITMAP_BYT
         assert!(WRITE.is_power_of_two() && ERASE.is_power_of_two());
         assert!(WRITE <= ERASE, "a word must fit in an erase block");
         assert!(
-            SIZE > 0 && SIZE % ERASE == 0,
+            SIZE > 0 && SIZE.is_multiple_of(ERASE),
             "SIZE must be whole erase blocks"
         );
         assert!(
