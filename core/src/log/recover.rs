@@ -114,7 +114,7 @@ pub(super) fn run<S: Storage, B: AsMut<[u8]>, V>(
     let layout = log.layout;
     let mut reader = Reader::new(&mut log.storage, log.buffer.as_mut(), layout);
     let Some((newest, newest_header)) = find_newest(&mut reader)? else {
-        return Ok(Recovery::default());
+        return headerless(log, policy);
     };
     let start = start_epoch(&mut reader, newest, newest_header)?;
     let mut walk = Walk {
@@ -157,6 +157,64 @@ pub(super) fn run<S: Storage, B: AsMut<[u8]>, V>(
         next_sequence: log.next_sequence,
         appends_in_place: log.head.is_some(),
         ..report
+    })
+}
+
+/// No segment header anywhere: an empty log, a crash while the first segment was being written,
+/// or a log whose every header was damaged. Frames that record earlier frames as synced tell the
+/// last case apart; then the damage is reported and the log restarts after every stale epoch.
+fn headerless<S: Storage, B: AsMut<[u8]>, V>(
+    log: &mut Log<S, B>,
+    policy: Policy,
+) -> OpenResult<Recovery, S, V> {
+    let layout = log.layout;
+    let mut reader = Reader::new(&mut log.storage, log.buffer.as_mut(), layout);
+    let mut found: Option<(Position, u64)> = None;
+    let (mut max_epoch, mut max_sequence, mut frames) = (0u32, 0u64, 0u64);
+    for slot in 0..layout.segments {
+        let start = layout.slot_start(slot);
+        let end = start + layout.segment_size;
+        let mut at = start;
+        while at < end {
+            match reader.frame_at(at, end).map_err(OpenError::Storage)? {
+                Slot::Valid { header, padded, .. } if header.epoch % layout.segments == slot => {
+                    frames += u64::from(header.kind >= KIND_USER_MIN);
+                    max_epoch = max_epoch.max(header.epoch);
+                    max_sequence = max_sequence.max(header.sequence);
+                    if header.sequence > u64::from(header.unsynced) && found.is_none() {
+                        let position = Position {
+                            epoch: header.epoch,
+                            offset: at,
+                        };
+                        found = Some((position, header.sequence));
+                    }
+                    at += padded as u64;
+                }
+                Slot::NoRoom => break,
+                _ => at += layout.write_size() as u64,
+            }
+        }
+    }
+    let Some((position, _)) = found else {
+        return Ok(Recovery::default());
+    };
+    let damage = super::Damage {
+        position,
+        expected_sequence: None,
+        cause: DamageCause::MissingSegment,
+        bytes_skipped: layout.geometry.capacity,
+        frames_skipped: frames,
+    };
+    if policy == Policy::Strict {
+        return Err(OpenError::Corrupted(damage));
+    }
+    log.newest_epoch = max_epoch;
+    log.release_epoch = max_epoch.saturating_add(1);
+    log.next_sequence = max_sequence.saturating_add(1);
+    Ok(Recovery {
+        corruption: Some(damage),
+        next_sequence: log.next_sequence,
+        ..Recovery::default()
     })
 }
 
