@@ -191,22 +191,43 @@ pub enum SyncError<E> {
     NotDurable,
 }
 
+/// Where the live log begins: the frame at `offset` in the segment of `epoch`, which has
+/// sequence number `sequence`. Offset 0 means the segment's header, whose own sequence field
+/// then gives the first sequence number. Ordered by epoch, then offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub(crate) struct Start {
+    pub epoch: u32,
+    pub offset: u32,
+    pub sequence: u64,
+}
+
+impl Start {
+    /// The beginning of the segment of `epoch`.
+    pub const fn segment(epoch: u32) -> Self {
+        Self {
+            epoch,
+            offset: 0,
+            sequence: 0,
+        }
+    }
+}
+
 /// The payload of a segment header frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct SegmentHeader {
-    /// The oldest epoch still live when this segment was opened.
-    pub start_epoch: u32,
+    /// Where the live log began when this segment was opened.
+    pub start: Start,
     /// Segment size the log was formatted with.
     pub segment_size: u32,
     /// Write size the log was formatted with.
     pub write_size: u32,
 }
 
-/// The payload of a release frame.
+/// The payload of a release frame: everything before `start` is no longer needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Release {
-    /// Segments of epochs below this one hold nothing live.
-    pub start_epoch: u32,
+    /// The new beginning of the live log.
+    pub start: Start,
 }
 
 /// Sizes derived once from geometry and configuration.
@@ -263,8 +284,8 @@ impl Layout {
     }
 }
 
-/// Upper bound of a control frame's postcard payload: three u32 varints.
-const CONTROL_PAYLOAD_MAX: usize = 15;
+/// Upper bound of a control frame's postcard payload: four u32 varints and one u64 varint.
+const CONTROL_PAYLOAD_MAX: usize = 4 * 5 + 10;
 
 /// The segment appends go to.
 #[derive(Debug, Clone, Copy)]
@@ -287,12 +308,12 @@ pub struct Log<S, B> {
     head: Option<Head>,
     /// The newest epoch with a valid header, 0 when the log is empty.
     newest_epoch: u32,
-    /// The oldest live epoch as recorded durably (segment header or release frame).
-    start_epoch: u32,
-    /// The oldest live epoch the newest segment header records, durable at the next sync.
-    header_start_epoch: u32,
-    /// The oldest live epoch in memory: `start_epoch` plus releases not yet recorded.
-    release_epoch: u32,
+    /// Where the live log begins, as recorded durably (segment header or release frame).
+    start: Start,
+    /// Where the live log begins, as recorded by a header or release frame not yet synced.
+    pending_start: Start,
+    /// Where the live log begins in memory: releases not yet recorded included.
+    release: Start,
     next_sequence: u64,
     /// Every sequence number below this one is durable.
     durable_sequence: u64,
@@ -317,9 +338,9 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
             head: None,
             newest_epoch: 0,
             // Epochs start at 1; recovery overwrites these when it finds segments.
-            start_epoch: 1,
-            header_start_epoch: 1,
-            release_epoch: 1,
+            start: Start::segment(1),
+            pending_start: Start::segment(1),
+            release: Start::segment(1),
             next_sequence: 0,
             durable_sequence: 0,
             poisoned: false,
@@ -380,7 +401,7 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
             return Err(SyncError::Storage(error));
         }
         self.durable_sequence = self.next_sequence;
-        self.start_epoch = self.start_epoch.max(self.header_start_epoch);
+        self.start = self.start.max(self.pending_start);
         Ok(())
     }
 
@@ -393,7 +414,32 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         if frame.sequence >= self.durable_sequence || frame.position.epoch > self.newest_epoch {
             return Err(SyncError::NotDurable);
         }
-        self.release_epoch = self.release_epoch.max(frame.position.epoch);
+        let offset = frame.position.offset - self.layout.slot_start(frame.position.epoch);
+        let start = Start {
+            epoch: frame.position.epoch,
+            offset: offset as u32,
+            sequence: frame.sequence,
+        };
+        self.release = self.release.max(start);
+        // Record the release now, to become durable with the next sync, so that a crash soon
+        // after does not leave recovery with every segment live. Keep the head's reserve for
+        // the release frame `open_segment` may need.
+        let recorded = self.start.max(self.pending_start);
+        let room = self
+            .head
+            .is_some_and(|head| head.offset + 2 * self.layout.control_len as u64 <= head.end);
+        if self.release > recorded && room {
+            let epoch = self.head.map_or(0, |head| head.epoch);
+            let release = Release {
+                start: self.release,
+            };
+            self.write_control(KIND_RELEASE, epoch, &release)
+                .map_err(|error| match error {
+                    AppendError::Storage(error) => SyncError::Storage(error),
+                    _ => SyncError::Poisoned,
+                })?;
+            self.pending_start = self.release;
+        }
         Ok(())
     }
 
@@ -413,7 +459,7 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         if self.newest_epoch == 0 {
             return self.layout.segments;
         }
-        let live = self.newest_epoch - self.release_epoch.min(self.newest_epoch) + 1;
+        let live = self.newest_epoch - self.release.epoch.min(self.newest_epoch) + 1;
         self.layout.segments.saturating_sub(live)
     }
 
@@ -543,10 +589,10 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         }
         let segments = self.layout.segments;
         let victim = epoch.checked_sub(segments);
-        if victim.is_some_and(|victim| victim >= self.release_epoch) {
+        if victim.is_some_and(|victim| victim >= self.release.epoch) {
             return Err(AppendError::Full);
         }
-        if victim.is_some_and(|victim| victim >= self.start_epoch) {
+        if victim.is_some_and(|victim| victim >= self.start.epoch) {
             self.record_release()?;
         }
         let start = self.layout.slot_start(epoch);
@@ -564,11 +610,11 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         // Releases are only ever made for durable frames, so recording the in-memory release
         // point here is safe; it counts as durable once this header is synced.
         let header = SegmentHeader {
-            start_epoch: self.release_epoch.max(self.start_epoch),
+            start: self.release.max(self.start),
             segment_size: self.layout.segment_size as u32,
             write_size: self.layout.geometry.write_size,
         };
-        self.header_start_epoch = header.start_epoch;
+        self.pending_start = header.start;
         self.write_control(KIND_SEGMENT_HEADER, epoch, &header)
     }
 
@@ -580,19 +626,21 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
             // every live segment (the only way to have a release pending without a head). A crash
             // during the erase that follows leaves that same damage for the next recovery, which
             // abandons them again; there is nothing to record.
-            self.start_epoch = self.release_epoch;
+            self.start = self.release;
             return Ok(());
         };
-        let release = Release {
-            start_epoch: self.release_epoch,
-        };
-        self.write_control(KIND_RELEASE, head.epoch, &release)?;
+        if self.pending_start < self.release {
+            let release = Release {
+                start: self.release,
+            };
+            self.write_control(KIND_RELEASE, head.epoch, &release)?;
+        }
         if let Err(error) = self.storage.sync() {
             self.poisoned = true;
             return Err(AppendError::Storage(error));
         }
         self.durable_sequence = self.next_sequence;
-        self.start_epoch = self.release_epoch;
+        self.start = self.release;
         Ok(())
     }
 }

@@ -18,7 +18,7 @@
 
 use super::window::{Reader, Slot};
 use super::{
-    Entry, Layout, Log, OpenError, Policy, Position, Release, SegmentHeader, KIND_RELEASE,
+    Entry, Layout, Log, OpenError, Policy, Position, Release, SegmentHeader, Start, KIND_RELEASE,
     KIND_SEGMENT_HEADER, KIND_USER_MIN,
 };
 use crate::frame::FrameError;
@@ -116,7 +116,7 @@ pub(super) fn run<S: Storage, B: AsMut<[u8]>, V>(
     let Some((newest, newest_header)) = find_newest(&mut reader)? else {
         return headerless(log, policy);
     };
-    let start = start_epoch(&mut reader, newest, newest_header)?;
+    let start = start_point(&mut reader, newest, newest_header)?;
     let mut walk = Walk {
         reader,
         visit,
@@ -125,14 +125,15 @@ pub(super) fn run<S: Storage, B: AsMut<[u8]>, V>(
         report: Recovery::default(),
         expected: None,
         max_sequence: newest_header.first_sequence,
+        walked: None,
     };
     let outcome = walk.run(start)?;
     let report = walk.report;
     let max_sequence = walk.max_sequence;
     log.newest_epoch = newest;
-    log.start_epoch = start;
-    log.header_start_epoch = start;
-    log.release_epoch = start;
+    log.start = start;
+    log.pending_start = start;
+    log.release = start;
     match outcome {
         Outcome::InPlace {
             epoch,
@@ -150,7 +151,7 @@ pub(super) fn run<S: Storage, B: AsMut<[u8]>, V>(
         Outcome::Abandon => {
             // Nothing before the damage survives: the next segment records itself as the start.
             log.next_sequence = max_sequence.saturating_add(1);
-            log.release_epoch = newest.saturating_add(1);
+            log.release = Start::segment(newest.saturating_add(1));
         }
     }
     Ok(Recovery {
@@ -209,7 +210,7 @@ fn headerless<S: Storage, B: AsMut<[u8]>, V>(
         return Err(OpenError::Corrupted(damage));
     }
     log.newest_epoch = max_epoch;
-    log.release_epoch = max_epoch.saturating_add(1);
+    log.release = Start::segment(max_epoch.saturating_add(1));
     log.next_sequence = max_sequence.saturating_add(1);
     Ok(Recovery {
         corruption: Some(damage),
@@ -302,43 +303,49 @@ fn check_layout<E, V>(layout: &Layout, header: &SegmentHeader) -> Result<(), Ope
     Ok(())
 }
 
-/// The oldest live epoch: what the newest header and the newest segment's release frames say.
-fn start_epoch<S: Storage, V>(
+/// Where the live log begins: the latest of what the newest header and the newest segment's
+/// release frames record.
+fn start_point<S: Storage, V>(
     reader: &mut Reader<'_, S>,
     newest: u32,
     header: SlotHeader,
-) -> OpenResult<u32, S, V> {
+) -> OpenResult<Start, S, V> {
     let layout = reader.layout;
-    let oldest_possible = newest.saturating_sub(layout.segments - 1).max(1);
-    let mut start = header.header.start_epoch.max(oldest_possible);
+    let oldest_possible = Start::segment(newest.saturating_sub(layout.segments - 1).max(1));
+    let mut start = header.header.start.max(oldest_possible);
+    // Release frames may follow damage and a continuation, so look past anything invalid.
     let end = layout.slot_start(newest) + layout.segment_size;
     let mut offset = header.body;
-    loop {
+    while offset < end {
         let slot = reader.frame_at(offset, end).map_err(OpenError::Storage)?;
-        let Slot::Valid {
-            header: frame,
-            payload,
-            padded,
-            ..
-        } = slot
-        else {
-            break;
-        };
-        if frame.epoch != newest {
-            break;
-        }
-        if frame.kind == KIND_RELEASE {
-            if let Ok(release) = postcard::from_bytes::<Release>(&reader.buffer[payload]) {
-                start = start.max(release.start_epoch);
+        match slot {
+            Slot::Valid {
+                header: frame,
+                payload,
+                padded,
+                ..
+            } => {
+                let release = (frame.kind == KIND_RELEASE && frame.epoch == newest)
+                    .then(|| postcard::from_bytes::<Release>(&reader.buffer[payload]).ok())
+                    .flatten();
+                if let Some(release) = release {
+                    start = start.max(release.start);
+                }
+                offset += padded as u64;
             }
+            Slot::NoRoom => break,
+            _ => offset += layout.write_size() as u64,
         }
-        offset += padded as u64;
     }
-    Ok(start.min(newest))
+    if start.epoch > newest {
+        return Ok(Start::segment(newest));
+    }
+    Ok(start)
 }
 
 enum Outcome {
-    /// The newest segment ends cleanly: append after its last frame.
+    /// Append in the newest segment from `offset` on: after its last frame when it ends cleanly,
+    /// after all written bytes when it ends in damage.
     InPlace { epoch: u32, offset: u64, next: u64 },
     /// The walk stopped at damage: append in a fresh segment, continuing at `next`.
     Cut { next: u64 },
@@ -356,22 +363,39 @@ struct Walk<'a, S, F> {
     expected: Option<u64>,
     /// The highest sequence number seen in any valid frame or header.
     max_sequence: u64,
+    /// The last segment whose frames the walk read.
+    walked: Option<u32>,
 }
 
 impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
-    fn run(&mut self, start: u32) -> OpenResult<Outcome, S, V> {
-        let mut epoch = start;
+    fn run(&mut self, start: Start) -> OpenResult<Outcome, S, V> {
+        let mut epoch = start.epoch;
+        // Where to start reading the segment, when the walk resumes inside it (after a cut, or
+        // at a released position) rather than at a header that continues it.
+        let mut resume_at: Option<u64> = None;
+        if start.offset != 0 {
+            resume_at = Some(self.reader.layout.slot_start(epoch) + u64::from(start.offset));
+            self.expected = Some(start.sequence);
+        }
         loop {
-            let header = read_header(&mut self.reader, epoch).map_err(OpenError::Storage)?;
-            let end = match header {
-                Some(header) if self.continues(&header) => {
-                    self.expected = Some(header.first_sequence);
-                    self.report.segments += 1;
-                    self.walk_segment(epoch, header.body)?
+            let end = match resume_at.take() {
+                Some(offset) => self.walk_segment(epoch, offset)?,
+                None => {
+                    let header =
+                        read_header(&mut self.reader, epoch).map_err(OpenError::Storage)?;
+                    match header {
+                        Some(header) if self.continues(&header) => {
+                            self.expected = Some(header.first_sequence);
+                            self.walk_segment(epoch, header.body)?
+                        }
+                        _ => {
+                            let at = self.reader.layout.slot_start(epoch);
+                            SegmentEnd::Broken(at, missing(header))
+                        }
+                    }
                 }
-                _ => SegmentEnd::Broken(self.reader.layout.slot_start(epoch), missing(header)),
             };
-            match end {
+            let (at, cause, broken) = match end {
                 SegmentEnd::Clean(offset) if epoch == self.newest => {
                     if self.successor_was_durable()? {
                         let at = self.reader.layout.slot_start(epoch + 1);
@@ -384,17 +408,19 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
                         next,
                     });
                 }
-                SegmentEnd::Clean(_) => match self.continuation(epoch + 1, false)? {
-                    Some(next_epoch) => epoch = next_epoch,
-                    None => {
-                        let at = self.reader.layout.slot_start(epoch + 1);
-                        return self.damaged(epoch + 1, at, DamageCause::MissingSegment);
-                    }
-                },
-                SegmentEnd::Broken(offset, cause) => match self.continuation(epoch + 1, true)? {
-                    Some(next_epoch) => epoch = next_epoch,
-                    None => return self.damaged(epoch, offset, cause),
-                },
+                SegmentEnd::Clean(_) => {
+                    let at = self.reader.layout.slot_start(epoch + 1);
+                    (at, DamageCause::MissingSegment, false)
+                }
+                SegmentEnd::Broken(offset, cause) => (offset, cause, true),
+            };
+            match self.continuation(epoch + 1, broken)? {
+                Some((next_epoch, offset)) => {
+                    epoch = next_epoch;
+                    resume_at = offset;
+                }
+                None if broken => return self.damaged(epoch, at, cause),
+                None => return self.damaged(epoch + 1, at, cause),
             }
         }
     }
@@ -424,12 +450,19 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
             .is_none_or(|expected| header.first_sequence == expected)
     }
 
-    /// After a segment ended at `expected`, the epoch the walk continues with: the next segment
-    /// if it follows on, or a later one that an earlier recovery opened to cut the log here.
-    fn continuation(&mut self, from: u32, broken: bool) -> OpenResult<Option<u32>, S, V> {
+    /// After a segment ended at `expected`, where the walk continues: the next segment if its
+    /// header follows on; or a later segment that an earlier recovery cut the log into, either
+    /// opened at exactly `expected` or continued with a frame of sequence `expected` after the
+    /// frames it voided. `None` when nothing continues the log.
+    fn continuation(
+        &mut self,
+        from: u32,
+        broken: bool,
+    ) -> OpenResult<Option<(u32, Option<u64>)>, S, V> {
         let Some(expected) = self.expected else {
             return Ok(None);
         };
+        let layout = self.reader.layout;
         for epoch in from..=self.newest {
             let header = read_header(&mut self.reader, epoch).map_err(OpenError::Storage)?;
             let Some(header) = header else { continue };
@@ -438,10 +471,16 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
                 if broken || epoch != from {
                     self.report.earlier_cuts += 1;
                 }
-                return Ok(Some(epoch));
+                return Ok(Some((epoch, None)));
             }
             if header.first_sequence < expected {
                 return Ok(None);
+            }
+            let end = layout.slot_start(epoch) + layout.segment_size;
+            let body = header.body - layout.write_size() as u64;
+            if let Some(offset) = self.resume_point(epoch, body, end)? {
+                self.report.earlier_cuts += 1;
+                return Ok(Some((epoch, Some(offset))));
             }
         }
         Ok(None)
@@ -451,6 +490,55 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
     fn walk_segment(&mut self, epoch: u32, mut offset: u64) -> OpenResult<SegmentEnd, S, V> {
         let layout = self.reader.layout;
         let end = layout.slot_start(epoch) + layout.segment_size;
+        self.report.segments += 1;
+        self.walked = Some(epoch);
+        loop {
+            match self.walk_frames(epoch, offset, end)? {
+                SegmentEnd::Broken(at, cause) => match self.resume_point(epoch, at, end)? {
+                    Some(resume) => {
+                        self.report.earlier_cuts += 1;
+                        offset = resume;
+                    }
+                    None => return Ok(SegmentEnd::Broken(at, cause)),
+                },
+                clean => return Ok(clean),
+            }
+        }
+    }
+
+    /// After a break at `from`, where an earlier recovery continued this segment: the first frame
+    /// after it that carries the expected sequence number. Frames written before a crash follow
+    /// one another, so only an append made after recovery can repeat the expected number there.
+    fn resume_point(&mut self, epoch: u32, from: u64, end: u64) -> OpenResult<Option<u64>, S, V> {
+        let Some(expected) = self.expected else {
+            return Ok(None);
+        };
+        let write_size = self.reader.layout.write_size() as u64;
+        let mut at = from + write_size;
+        while at < end {
+            match self.reader.frame_at(at, end).map_err(OpenError::Storage)? {
+                Slot::Valid { header, .. }
+                    if header.epoch == epoch
+                        && header.sequence == expected
+                        && header.kind != KIND_SEGMENT_HEADER =>
+                {
+                    return Ok(Some(at));
+                }
+                Slot::Valid { padded, .. } => at += padded as u64,
+                Slot::NoRoom => break,
+                _ => at += write_size,
+            }
+        }
+        Ok(None)
+    }
+
+    /// Yields frames from `offset` until something other than the next frame is found.
+    fn walk_frames(
+        &mut self,
+        epoch: u32,
+        mut offset: u64,
+        end: u64,
+    ) -> OpenResult<SegmentEnd, S, V> {
         loop {
             let slot = self
                 .reader
@@ -497,11 +585,11 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
     }
 
     fn after_last_frame(&mut self, offset: u64, end: u64) -> OpenResult<SegmentEnd, S, V> {
-        let clean = self
+        let free = self
             .reader
-            .is_erased(offset, end)
+            .first_free(offset, end)
             .map_err(OpenError::Storage)?;
-        Ok(if clean {
+        Ok(if free == offset {
             SegmentEnd::Clean(offset)
         } else {
             SegmentEnd::Broken(offset, DamageCause::GarbageAfterEnd)
@@ -531,9 +619,37 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
         } else {
             self.report.torn_tail = Some(damage);
         }
-        Ok(match self.expected {
-            Some(next) => Outcome::Cut { next },
-            None => Outcome::Abandon,
+        let Some(next) = self.expected else {
+            return Ok(Outcome::Abandon);
+        };
+        // The successor of the newest segment has no header to append after.
+        if epoch > self.newest {
+            return Ok(Outcome::Cut { next });
+        }
+        // Appends continue in the newest segment, after the damage when it is there, else after
+        // the segment's own (voided) frames; recovery finds them by their sequence number.
+        let layout = self.reader.layout;
+        let offset = if self.walked == Some(self.newest) {
+            offset
+        } else {
+            layout.slot_start(self.newest)
+        };
+        let epoch = self.newest;
+        // Continue in the newest segment after everything written so far, so that repeated
+        // crashes cost bytes rather than whole segments. Leave one largest frame of room after
+        // the last written byte: a torn frame that starts before it may reach that far, and new
+        // bytes written into its missing part could complete it into a valid stale frame.
+        let end = layout.slot_start(epoch) + layout.segment_size;
+        let written_end = self
+            .reader
+            .first_free(offset, end)
+            .map_err(OpenError::Storage)?;
+        let margin = layout.frame_max.max(layout.control_len) as u64;
+        let offset = written_end.saturating_add(margin).min(end);
+        Ok(Outcome::InPlace {
+            epoch,
+            offset,
+            next,
         })
     }
 

@@ -133,27 +133,26 @@ impl<'a, S: Storage> Reader<'a, S> {
         })
     }
 
-    /// True when every byte of `[offset, end)` holds the erased value.
-    pub fn is_erased(&mut self, mut offset: u64, end: u64) -> Result<bool, S::Error> {
+    /// The first write-aligned offset in `[offset, end]` from which every byte up to `end` holds
+    /// the erased value: where fresh space begins after whatever was written.
+    pub fn first_free(&mut self, mut offset: u64, end: u64) -> Result<u64, S::Error> {
         let erased = self.layout.geometry.erased_value;
+        let write_size = self.layout.write_size();
+        let whole = (self.buffer.len() / write_size * write_size).max(write_size);
+        let mut free = offset;
         while offset < end {
-            let chunk = self
-                .layout
-                .write_size()
-                .max((self.buffer.len() / self.layout.write_size()) * self.layout.write_size());
-            let chunk = chunk.min((end - offset) as usize);
+            let chunk = whole.min((end - offset) as usize);
             if !self.ensure(offset, chunk, end)? {
-                return Ok(false);
+                break;
             }
             let range = self.bytes_at(offset);
-            if self.buffer[range.start..range.start + chunk]
-                .iter()
-                .any(|&byte| byte != erased)
-            {
-                return Ok(false);
+            let bytes = &self.buffer[range.start..range.start + chunk];
+            if let Some(last) = bytes.iter().rposition(|&byte| byte != erased) {
+                let written_end = offset + last as u64 + 1;
+                free = written_end.div_ceil(write_size as u64) * write_size as u64;
             }
             offset += chunk as u64;
         }
-        Ok(true)
+        Ok(free)
     }
 }
