@@ -7,7 +7,6 @@
 //! poisoned counter acknowledges nothing.
 
 use bedrock::counter::{Counter, CounterConfig, CounterError};
-use bedrock::log;
 use bedrock::storage::Geometry;
 use bedrock_sim::{CrashMode, SimFaults, SimRng, SimStorage, TornSpec};
 
