@@ -428,7 +428,9 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         let room = self
             .head
             .is_some_and(|head| head.offset + 2 * self.layout.control_len as u64 <= head.end);
-        if self.release > recorded && room {
+        // Only a release that frees a segment is worth a frame; within a segment the recorded
+        // start may lag, since replaying from an older durable position is still correct.
+        if self.release.epoch > recorded.epoch && room {
             let epoch = self.head.map_or(0, |head| head.epoch);
             let release = Release {
                 start: self.release,
