@@ -226,6 +226,32 @@ impl<S: Storage, B: AsMut<[u8]>> Counter<S, B> {
     }
 }
 
+impl core::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BadPayload { sequence } => {
+                write!(f, "record {sequence} is not a counter record (bad payload)")
+            }
+            Self::UnknownKind { sequence, kind } => {
+                write!(f, "record {sequence} has kind {kind}, not a counter record")
+            }
+            Self::Overflow { sequence } => {
+                write!(f, "replaying record {sequence} overflows the counter")
+            }
+        }
+    }
+}
+
+impl<E: core::fmt::Display> core::fmt::Display for CounterError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Overflow => f.write_str("the counter would overflow a u64"),
+            Self::Append(error) => error.fmt(f),
+            Self::Sync(error) => error.fmt(f),
+        }
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::drop_non_drop)] // a drop marks where a process would stop
 mod tests {

@@ -255,6 +255,37 @@ pub fn emit_postcard<T: serde::Serialize>(
     })
 }
 
+impl core::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Incomplete { needed: None } => f.write_str("fewer bytes than a frame header"),
+            Self::Incomplete {
+                needed: Some(needed),
+            } => write!(f, "the frame needs {needed} bytes, fewer are there"),
+            Self::BadMagic => f.write_str("not a frame (wrong magic byte)"),
+            Self::BadVersion => f.write_str("a frame of an unknown format version"),
+            Self::BadHeader => f.write_str("a frame header with kind 0 or reserved bits set"),
+            Self::TooLong => f.write_str("a frame longer than allowed"),
+            Self::BadChecksum => {
+                f.write_str("a frame whose CRC-32C does not match (torn or corrupted)")
+            }
+        }
+    }
+}
+
+impl core::error::Error for FrameError {}
+
+impl core::fmt::Display for EmitError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::BufferTooSmall => "the payload does not fit in a frame",
+            Self::Serialize => "the payload could not be serialized",
+        })
+    }
+}
+
+impl core::error::Error for EmitError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

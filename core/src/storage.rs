@@ -307,6 +307,41 @@ impl<const N: usize> Storage for RamStorage<N> {
     }
 }
 
+impl core::fmt::Display for GeometryError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::NotPowerOfTwo => "read, write and erase sizes must be powers of two",
+            Self::Misnested => {
+                "the read size must divide the write size, which must divide the erase size"
+            }
+            Self::BadCapacity => "the capacity must be a nonzero whole number of erase blocks",
+        })
+    }
+}
+
+impl core::error::Error for GeometryError {}
+
+impl core::fmt::Display for ContractError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Self::Misaligned => "a storage request is not aligned to the device's unit",
+            Self::OutOfRange => "a storage request reaches past the capacity",
+            Self::WordWrittenTwice => "a word was written twice without an erase",
+        })
+    }
+}
+
+impl core::error::Error for ContractError {}
+
+impl<E: core::fmt::Display> core::fmt::Display for PartitionError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::OutOfRange => f.write_str("a storage request reaches past the partition"),
+            Self::Backend(error) => error.fmt(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

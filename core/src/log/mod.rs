@@ -646,3 +646,67 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         Ok(())
     }
 }
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Geometry(error) => write!(f, "unusable storage geometry: {error}"),
+            Self::SegmentSize => f.write_str(
+                "the segment size must be whole erase blocks with room for a header and two frames",
+            ),
+            Self::TooFewSegments => f.write_str("the storage must hold at least two segments"),
+            Self::BufferTooSmall => f.write_str("the lent buffer cannot hold one frame"),
+        }
+    }
+}
+
+impl<E: core::fmt::Display, V: core::fmt::Display> core::fmt::Display for OpenError<E, V> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Config(error) => error.fmt(f),
+            Self::LayoutMismatch {
+                segment_size,
+                write_size,
+            } => write!(
+                f,
+                "the log was written with segment size {segment_size} and write size \
+                 {write_size}, not the configured ones"
+            ),
+            Self::Corrupted(damage) => {
+                write!(
+                    f,
+                    "mid-log corruption, refusing to open (strict policy): {damage}"
+                )
+            }
+            Self::Storage(error) => write!(f, "storage error during recovery: {error}"),
+            Self::Visitor(error) => write!(f, "a recovered record was refused: {error}"),
+        }
+    }
+}
+
+impl<E: core::fmt::Display> core::fmt::Display for AppendError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Encode(error) => error.fmt(f),
+            Self::Full => f.write_str("the log is full: every segment holds live records"),
+            Self::EpochsExhausted => f.write_str("the log has used all 2^32 segment epochs"),
+            Self::Storage(error) => write!(f, "storage error, the log is poisoned: {error}"),
+            Self::Poisoned => f.write_str("an earlier storage error poisoned the log; reopen it"),
+        }
+    }
+}
+
+impl<E: core::fmt::Display> core::fmt::Display for SyncError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Storage(error) => {
+                write!(
+                    f,
+                    "sync failed, nothing since the last sync is durable: {error}"
+                )
+            }
+            Self::Poisoned => f.write_str("an earlier storage error poisoned the log; reopen it"),
+            Self::NotDurable => f.write_str("cannot release before a record that is not durable"),
+        }
+    }
+}

@@ -723,3 +723,35 @@ fn missing(header: Option<SlotHeader>) -> DamageCause {
         },
     }
 }
+
+impl core::fmt::Display for DamageCause {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Frame(error) => error.fmt(f),
+            Self::Sequence { found } => {
+                write!(f, "a frame with unexpected sequence number {found}")
+            }
+            Self::StaleEpoch => f.write_str("a frame left over from an earlier use of the segment"),
+            Self::MissingSegment => f.write_str("a segment whose header is missing or damaged"),
+            Self::GarbageAfterEnd => f.write_str("written bytes after the last frame"),
+        }
+    }
+}
+
+impl core::fmt::Display for Damage {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "{} at epoch {} offset {}",
+            self.cause, self.position.epoch, self.position.offset
+        )?;
+        if let Some(sequence) = self.expected_sequence {
+            write!(f, " (expected sequence {sequence})")?;
+        }
+        write!(
+            f,
+            "; {} bytes and {} valid frames after it skipped",
+            self.bytes_skipped, self.frames_skipped
+        )
+    }
+}
