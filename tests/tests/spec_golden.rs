@@ -1,0 +1,306 @@
+//! SPEC.md's golden vectors, checked against the code in both directions.
+//!
+//! The vectors are parsed out of SPEC.md at test time, so the document cannot drift from the code:
+//! a wrong byte in SPEC.md, or a change to the format in code, fails here.
+
+use bedrock::checksum::crc32c;
+use bedrock::counter::{Counter, CounterConfig};
+use bedrock::frame::{self, Frame, Header};
+use bedrock::storage::RamStorage;
+
+/// CRC-32C of "123456789", the catalogue's check value.
+const CRC32C_CHECK: u32 = 0xE306_9283;
+
+fn spec() -> String {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../SPEC.md");
+    std::fs::read_to_string(path).unwrap_or_else(|error| panic!("reading {path}: {error}"))
+}
+
+/// One fenced block of SPEC.md: its fields (`key value` lines) and its dumped bytes.
+#[derive(Debug)]
+struct Block {
+    fields: Vec<(String, String)>,
+    bytes: Vec<u8>,
+}
+
+impl Block {
+    fn get(&self, key: &str) -> &str {
+        let name = self.fields.first().map_or("?", |(_, value)| value.as_str());
+        self.fields
+            .iter()
+            .find(|(found, _)| found == key)
+            .map(|(_, value)| value.as_str())
+            .unwrap_or_else(|| panic!("block {name}: no `{key}` field"))
+    }
+
+    fn number(&self, key: &str) -> u64 {
+        parse_number(self.get(key))
+    }
+}
+
+fn parse_number(text: &str) -> u64 {
+    let text = text.replace('_', "");
+    match text.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => text.parse(),
+    }
+    .unwrap_or_else(|error| panic!("bad number {text:?}: {error}"))
+}
+
+fn parse_hex(text: &str) -> Vec<u8> {
+    let digits: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    if digits == "-" {
+        return Vec::new();
+    }
+    digits
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| {
+            let pair = std::str::from_utf8(pair).expect("ASCII hex");
+            assert_eq!(pair.len(), 2, "odd number of hex digits in {text:?}");
+            u8::from_str_radix(pair, 16).unwrap_or_else(|error| panic!("bad hex {text:?}: {error}"))
+        })
+        .collect()
+}
+
+/// Parses one line of a block into `block`: `offset: hex bytes` or `key value`.
+fn parse_line(block: &mut Block, line: &str) {
+    let line = line.trim();
+    if line.is_empty() {
+        return;
+    }
+    if let Some((offset, hex)) = line.split_once(':') {
+        let offset = usize::from_str_radix(offset.trim(), 16)
+            .unwrap_or_else(|error| panic!("bad offset in {line:?}: {error}"));
+        assert_eq!(
+            offset,
+            block.bytes.len(),
+            "offsets must be contiguous: {line:?}"
+        );
+        block.bytes.extend(parse_hex(hex));
+        return;
+    }
+    let (key, value) = line
+        .split_once(char::is_whitespace)
+        .unwrap_or_else(|| panic!("expected `key value`: {line:?}"));
+    block
+        .fields
+        .push((key.to_string(), value.trim().to_string()));
+}
+
+/// Every fenced block of `spec` whose info string is exactly `tag`.
+fn blocks(spec: &str, tag: &str) -> Vec<Block> {
+    let mut found = Vec::new();
+    let mut current: Option<Block> = None;
+    for line in spec.lines() {
+        let fence = line.trim_start().strip_prefix("```");
+        match (fence, current.take()) {
+            (Some(info), None) if info.trim() == tag => {
+                current = Some(Block {
+                    fields: Vec::new(),
+                    bytes: Vec::new(),
+                });
+            }
+            (Some(_), Some(block)) => found.push(block),
+            (None, Some(mut block)) => {
+                parse_line(&mut block, line);
+                current = Some(block);
+            }
+            (_, None) => {}
+        }
+    }
+    assert!(current.is_none(), "unterminated ```{tag} block");
+    found
+}
+
+/// Bytes in SPEC.md's dump format, to paste into it once a format change is intended.
+fn dump(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    for (line, chunk) in bytes.chunks(16).enumerate() {
+        out += &format!("{:04x}:", line * 16);
+        for (index, byte) in chunk.iter().enumerate() {
+            out += if index == 8 { "  " } else { " " };
+            out += &format!("{byte:02x}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn varint(mut value: u64, out: &mut Vec<u8>) {
+    while value >= 0x80 {
+        out.push(value as u8 | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// Fails the enclosing check with a message, rather than panicking, so that a test can also
+/// assert that a damaged vector is refused.
+macro_rules! ensure {
+    ($condition:expr, $($message:tt)+) => {
+        if !$condition {
+            return Err(format!($($message)+));
+        }
+    };
+}
+
+/// Checks one golden frame in both directions: bytes to fields, and fields to bytes.
+fn check_frame_vector(vector: &Block) -> Result<(), String> {
+    let name = vector.get("name");
+    let header = Header {
+        kind: vector.number("kind").try_into().expect("kind is a byte"),
+        sequence: vector.number("sequence"),
+        epoch: vector.number("epoch").try_into().expect("epoch is a u32"),
+        unsynced: vector
+            .number("unsynced")
+            .try_into()
+            .expect("unsynced is a u32"),
+    };
+    let write_size = vector.number("write_size") as usize;
+    let erased: u8 = vector
+        .number("erased")
+        .try_into()
+        .expect("erased is a byte");
+    let payload = parse_hex(vector.get("payload"));
+    let bytes = &vector.bytes;
+
+    if let Some((_, list)) = vector.fields.iter().find(|(key, _)| key == "varints") {
+        let mut encoded = Vec::new();
+        for value in list.split(',') {
+            varint(parse_number(value.trim()), &mut encoded);
+        }
+        ensure!(
+            payload == encoded,
+            "{name}: payload is not the varints {list}"
+        );
+    }
+
+    let frame = Frame::new_checked(bytes, payload.len())
+        .map_err(|error| format!("{name}: does not decode: {error:?}"))?;
+    ensure!(
+        frame.header() == header,
+        "{name}: header {:?}",
+        frame.header()
+    );
+    ensure!(
+        frame.payload() == &payload[..],
+        "{name}: payload {:02x?}",
+        frame.payload()
+    );
+    ensure!(
+        frame.len() == frame::OVERHEAD + payload.len(),
+        "{name}: frame length"
+    );
+    let covered = frame::HEADER_LEN + payload.len();
+    ensure!(frame.crc() == crc32c(&bytes[..covered]), "{name}: crc");
+    ensure!(
+        bytes.len() == frame::padded_len(payload.len(), write_size),
+        "{name}: {} bytes, not padded to the write size {write_size}",
+        bytes.len()
+    );
+    let padding = &bytes[frame.len()..];
+    ensure!(
+        padding.iter().all(|&byte| byte == erased),
+        "{name}: padding {padding:02x?}"
+    );
+
+    let mut buffer = vec![!erased; bytes.len() + 64];
+    let emitted = frame::emit(&mut buffer, header, write_size, erased, |area| {
+        area[..payload.len()].copy_from_slice(&payload);
+        Ok(payload.len())
+    })
+    .map_err(|error| format!("{name}: does not emit: {error:?}"))?;
+    ensure!(
+        buffer[..emitted] == bytes[..],
+        "{name}: frame::emit gives\n{}",
+        dump(&buffer[..emitted])
+    );
+    Ok(())
+}
+
+#[test]
+fn the_crc_is_crc32c_with_the_check_value_spec_md_states() {
+    assert_eq!(crc32c(b"123456789"), CRC32C_CHECK);
+    assert!(
+        spec().contains("**`0xE3069283`**"),
+        "SPEC.md states the check value"
+    );
+}
+
+#[test]
+fn every_golden_frame_in_spec_md_decodes_and_emits_exactly() {
+    let vectors = blocks(&spec(), "golden");
+    assert!(
+        vectors.len() >= 4,
+        "SPEC.md has {} golden frames",
+        vectors.len()
+    );
+    let mut names: Vec<&str> = vectors.iter().map(|vector| vector.get("name")).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), vectors.len(), "golden vector names are unique");
+    for vector in &vectors {
+        if let Err(failure) = check_frame_vector(vector) {
+            panic!("SPEC.md disagrees with the code: {failure}");
+        }
+    }
+}
+
+#[test]
+fn a_golden_frame_with_any_wrong_byte_fails_the_check() {
+    for vector in blocks(&spec(), "golden") {
+        for at in 0..vector.bytes.len() {
+            let mut damaged = Block {
+                fields: vector.fields.clone(),
+                bytes: vector.bytes.clone(),
+            };
+            damaged.bytes[at] ^= 0x01;
+            let name = vector.get("name");
+            assert!(
+                check_frame_vector(&damaged).is_err(),
+                "{name}: byte {at} flipped passed"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_golden_counter_image_is_what_a_fresh_counter_writes() {
+    let images = blocks(&spec(), "golden-image");
+    assert_eq!(images.len(), 1, "SPEC.md has one golden image");
+    let image = &images[0];
+    assert_eq!(image.get("name"), "counter-incr-1");
+    // The storage size is a const generic: SPEC.md must describe this storage.
+    const CAPACITY: usize = 4096;
+    assert_eq!(image.number("capacity"), CAPACITY as u64);
+    let erased: u8 = image.number("erased").try_into().unwrap();
+    let mut storage = RamStorage::<CAPACITY>::new(
+        image.number("write_size").try_into().unwrap(),
+        image.number("erase_size").try_into().unwrap(),
+        erased,
+    )
+    .unwrap();
+    {
+        let (mut counter, recovery) =
+            Counter::open(&mut storage, [0u8; 128], CounterConfig::default()).unwrap();
+        assert!(recovery.is_clean());
+        assert_eq!(counter.incr(1).unwrap(), 1);
+    }
+    let offset = image.number("offset") as usize;
+    let end = offset + image.bytes.len();
+    let written = storage.bytes_mut();
+    assert!(
+        written[offset..end] == image.bytes[..],
+        "the image differs from SPEC.md; the code writes:\n{}",
+        dump(&written[offset..end])
+    );
+    assert!(
+        written[..offset].iter().all(|&byte| byte == erased),
+        "erased before"
+    );
+    assert!(
+        written[end..].iter().all(|&byte| byte == erased),
+        "erased after"
+    );
+}
