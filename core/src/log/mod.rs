@@ -4,8 +4,9 @@
 //!
 //! The storage is cut into `n` equal segments of whole erase blocks. Segments are used as a ring:
 //! the segment of epoch `e` always lives in slot `e % n`, so the ring needs no table in RAM.
-//! Each segment opens with a *segment header* frame (its epoch, the oldest live epoch, the
-//! geometry) followed by user frames, each carrying the next sequence number. See SPEC.md.
+//! Each segment opens with a *segment header* frame (its epoch, where the live log starts, the
+//! layout) followed by user frames, each carrying the next sequence number, and release frames.
+//! SPEC.md gives the bytes and the recovery rules.
 //!
 //! # What it guarantees
 //!
@@ -14,26 +15,28 @@
 //! - After any crash, [`Log::open`] yields every durable frame exactly once, in sequence order,
 //!   then possibly some frames that were appended but never synced, and nothing else. This holds
 //!   for a crash during recovery too: recovery writes nothing.
-//! - A torn tail (frames lost or torn by the crash) is truncated and reported as
+//! - A torn tail (frames lost or torn by the crash) is skipped and reported as
 //!   [`Recovery::torn_tail`]. Damage to a frame that was known to be durable (a later frame
 //!   records that it had been synced) is *mid-log corruption*: reported as
 //!   [`Recovery::corruption`] with its position and what was skipped. With
 //!   [`Policy::StopAtCorruption`] (the default) recovery yields the consistent prefix before it;
 //!   with [`Policy::Strict`] it refuses to open.
-//! - Appends after a torn tail or corruption go to a fresh segment whose header records where the
-//!   log continues, so later recoveries see the cut as deliberate and never read behind it.
-//! - Space is reclaimed: [`Log::release_before`] frees whole segments older than a durable
-//!   frame; they are erased only after the release itself is durable.
+//! - Appends after damage go to fresh space: in the newest segment after every byte written so
+//!   far plus one largest frame of margin (so a crash costs bytes, not a segment), or in a fresh
+//!   segment. The first frame there repeats the expected sequence number, which later recoveries
+//!   recognise as a deliberate cut and never read behind.
+//! - Space is reclaimed: [`Log::release_before`] frees whole segments older than a durable frame.
+//!   The release is recorded in a release frame (durable with the next sync), and a segment is
+//!   erased for reuse only once its release is durable.
 //! - No word is written twice between erases; every write is whole write-size words.
 //!
 //! # What it does not guarantee
 //!
 //! - Damage to the last synced batch, when nothing was written after it, is indistinguishable
 //!   from a torn write and is reported as a torn tail (with the count of frames discarded).
-//! - Frames released by [`Log::release_before`] may be yielded again by a recovery until the next
-//!   segment is opened (which records the release durably); users replay idempotently
-//!   (a checkpoint resets state).
-//! - Epochs are 32-bit: after 2^32 - 1 segment openings appends fail with
+//! - Frames before a release may be yielded again by a recovery until the release is durable;
+//!   users replay idempotently (a checkpoint resets state).
+//! - Epochs are 32-bit and sequence numbers stay below 2^63: past either, appends fail with
 //!   [`AppendError::EpochsExhausted`].
 
 mod recover;
@@ -50,7 +53,7 @@ pub use recover::{Damage, DamageCause, Recovery};
 
 /// Kind of the frame that opens every segment.
 pub const KIND_SEGMENT_HEADER: u8 = 1;
-/// Kind of the frame that records, before segments are erased, which epochs were released.
+/// Kind of the frame that records where the live log starts after a release.
 pub const KIND_RELEASE: u8 = 2;
 /// The smallest kind available to users of the log; kinds below are the log's own.
 pub const KIND_USER_MIN: u8 = 16;
@@ -145,12 +148,15 @@ pub enum ConfigError {
 pub enum OpenError<E, V> {
     /// The configuration does not fit the storage or buffer.
     Config(ConfigError),
-    /// The storage was written with another segment size or write size than configured.
+    /// The storage was written with another segment size or write size than configured, or
+    /// with a larger payload limit.
     LayoutMismatch {
         /// Segment size recorded in the storage.
         segment_size: u32,
         /// Write size recorded in the storage.
         write_size: u32,
+        /// Payload limit recorded in the storage.
+        payload_max: u32,
     },
     /// Mid-log corruption under [`Policy::Strict`].
     Corrupted(Damage),
@@ -169,7 +175,8 @@ pub enum AppendError<E> {
     Encode(EmitError),
     /// Every segment holds live frames: release some with [`Log::release_before`].
     Full,
-    /// 2^32 - 1 segments have been opened; the storage must be reformatted.
+    /// 2^32 - 1 segments have been opened, or 2^63 frames appended; the storage must be
+    /// reformatted.
     EpochsExhausted,
     /// A storage write, erase or sync failed; the log is poisoned and must be reopened.
     Storage(E),
@@ -221,7 +228,13 @@ pub(crate) struct SegmentHeader {
     pub segment_size: u32,
     /// Write size the log was formatted with.
     pub write_size: u32,
+    /// Largest user payload the writer allowed: a reader must allow at least as much.
+    pub payload_max: u32,
 }
+
+/// Sequence numbers stay below this bound, so that `+1` never overflows, even on frames read
+/// from a crafted image; a writer would need 2^63 appends to reach it.
+pub(crate) const SEQUENCE_LIMIT: u64 = 1 << 63;
 
 /// The payload of a release frame: everything before `start` is no longer needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -284,8 +297,8 @@ impl Layout {
     }
 }
 
-/// Upper bound of a control frame's postcard payload: four u32 varints and one u64 varint.
-const CONTROL_PAYLOAD_MAX: usize = 4 * 5 + 10;
+/// Upper bound of a control frame's postcard payload: five u32 varints and one u64 varint.
+const CONTROL_PAYLOAD_MAX: usize = 5 * 5 + 10;
 
 /// The segment appends go to.
 #[derive(Debug, Clone, Copy)]
@@ -363,6 +376,9 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         debug_assert!(kind >= KIND_USER_MIN, "kinds below 16 belong to the log");
         if self.poisoned {
             return Err(AppendError::Poisoned);
+        }
+        if self.next_sequence >= SEQUENCE_LIMIT - 1 {
+            return Err(AppendError::EpochsExhausted);
         }
         let len = self.encode(kind, fill)?;
         let fits = self
@@ -615,6 +631,7 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
             start: self.release.max(self.start),
             segment_size: self.layout.segment_size as u32,
             write_size: self.layout.geometry.write_size,
+            payload_max: self.layout.payload_max as u32,
         };
         self.pending_start = header.start;
         self.write_control(KIND_SEGMENT_HEADER, epoch, &header)
@@ -667,10 +684,12 @@ impl<E: core::fmt::Display, V: core::fmt::Display> core::fmt::Display for OpenEr
             Self::LayoutMismatch {
                 segment_size,
                 write_size,
+                payload_max,
             } => write!(
                 f,
-                "the log was written with segment size {segment_size} and write size \
-                 {write_size}, not the configured ones"
+                "the log was written with segment size {segment_size}, write size \
+                 {write_size} and payload limit {payload_max}, which the configuration does not \
+                 match"
             ),
             Self::Corrupted(damage) => {
                 write!(

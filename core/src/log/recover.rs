@@ -4,17 +4,18 @@
 //! Recovery only reads. A crash during recovery leaves the storage as it was, so recovery can
 //! always run again and reach the same result.
 //!
-//! The walk:
+//! The walk (SPEC.md section 4.5 gives every rule):
 //! 1. Read every slot's first frame; the valid segment header with the highest epoch `H` is the
-//!    newest segment. The oldest live epoch `S` is the largest of what `H`'s header and `H`'s
+//!    newest segment. The live log starts at the latest position that `H`'s header and `H`'s
 //!    release frames record.
-//! 2. Walk epochs `S..=H`, yielding user frames whose sequence numbers follow on exactly.
+//! 2. Walk from there, yielding user frames whose sequence numbers follow on exactly.
 //! 3. Where the walk breaks (a bad frame, garbage after the last frame, a missing segment, a
-//!    sequence gap), look for a later segment whose header continues at exactly the expected
-//!    sequence number: a previous recovery cut the log there, and the walk continues from it.
-//!    Otherwise scan everything after the break: if any valid frame records (by its `unsynced`
-//!    field) that the missing frame had already been synced, the damage is mid-log corruption;
-//!    if not, the missing frames were never durable and the damage is a torn tail.
+//!    sequence gap), look for where an earlier recovery continued the log: a later frame of the
+//!    same segment, or a later segment, carrying exactly the expected sequence number. If there is
+//!    none, scan everything after the break (and the slots beyond `H`): if any valid frame
+//!    records, by its `unsynced` field, that the missing frame had already been synced, the
+//!    damage is mid-log corruption; if not, the missing frames were never durable and the damage
+//!    is a torn tail.
 
 use super::window::{Reader, Slot};
 use super::{
@@ -126,6 +127,7 @@ pub(super) fn run<S: Storage, B: AsMut<[u8]>, V>(
         expected: None,
         max_sequence: newest_header.first_sequence,
         walked: None,
+        start_epoch: start.epoch,
     };
     let outcome = walk.run(start)?;
     let report = walk.report;
@@ -294,10 +296,12 @@ fn find_newest<S: Storage, V>(
 fn check_layout<E, V>(layout: &Layout, header: &SegmentHeader) -> Result<(), OpenError<E, V>> {
     if header.segment_size as u64 != layout.segment_size
         || header.write_size != layout.geometry.write_size
+        || header.payload_max as usize > layout.payload_max
     {
         return Err(OpenError::LayoutMismatch {
             segment_size: header.segment_size,
             write_size: header.write_size,
+            payload_max: header.payload_max,
         });
     }
     Ok(())
@@ -365,6 +369,8 @@ struct Walk<'a, S, F> {
     max_sequence: u64,
     /// The last segment whose frames the walk read.
     walked: Option<u32>,
+    /// The oldest live epoch.
+    start_epoch: u32,
 }
 
 impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
@@ -425,23 +431,41 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
         }
     }
 
-    /// Whether the slot after the newest segment holds frames of the next epoch that prove the
-    /// walk's end was synced: then that segment's header was damaged after it was written, and
-    /// its frames are lost rather than never written.
+    /// Whether frames of epochs after the newest valid header prove the walk's end was synced:
+    /// then a newer segment's header was damaged after it was written, and its frames are lost
+    /// rather than never written.
     fn successor_was_durable(&mut self) -> OpenResult<bool, S, V> {
-        let Some(successor) = self.newest.checked_add(1) else {
-            return Ok(false);
-        };
+        Ok(self.scan_beyond_newest()?.durable_lost)
+    }
+
+    /// Frames of epochs after the newest valid header, in the slots outside the live range: the
+    /// slot after the newest always, the others when their first bytes are neither erased nor
+    /// a valid frame (a damaged header). A slot whose header reads as erased is not searched.
+    fn scan_beyond_newest(&mut self) -> OpenResult<Evidence, S, V> {
         let layout = self.reader.layout;
-        let start = layout.slot_start(successor);
-        let first = self
-            .reader
-            .frame_at(start, start + layout.segment_size)
-            .map_err(OpenError::Storage)?;
-        if matches!(first, Slot::Erased | Slot::Valid { .. }) {
-            return Ok(false);
+        let live = self.newest - self.start_epoch.min(self.newest) + 1;
+        let mut evidence = Evidence::default();
+        for step in 1..=layout.segments.saturating_sub(live) {
+            let Some(epoch) = self.newest.checked_add(step) else {
+                break;
+            };
+            let start = layout.slot_start(epoch);
+            let end = start + layout.segment_size;
+            if step > 1 {
+                self.reader.set_read_limit(layout.control_len);
+                let first = self.reader.frame_at(start, end);
+                self.reader.set_read_limit(usize::MAX);
+                if !matches!(first.map_err(OpenError::Storage)?, Slot::Bad(_)) {
+                    continue;
+                }
+            }
+            let newest = self.newest;
+            let slot = epoch % layout.segments;
+            self.scan_slot(&mut evidence, start, end, |found| {
+                found > newest && found % layout.segments == slot
+            })?;
         }
-        Ok(self.scan(successor, successor, start)?.durable_lost)
+        Ok(evidence)
     }
 
     /// Whether a header follows on from the walk so far (always, for the first segment).
@@ -653,58 +677,63 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
         })
     }
 
-    /// Scans every frame-aligned position from `offset` in `epoch` to the end of the newest
-    /// segment for valid frames, and whether any proves that the expected frame was synced.
+    /// Scans every frame-aligned position from `offset` in `first_epoch` to the end of the newest
+    /// segment, and the slots beyond it, for valid frames, and whether any proves that the
+    /// expected frame was synced.
     fn scan_after(&mut self, first_epoch: u32, offset: u64) -> OpenResult<Evidence, S, V> {
-        // The slot after the newest may hold frames of a segment whose header was damaged.
-        let last = self.newest.saturating_add(1);
-        self.scan(first_epoch, last, offset)
-    }
-
-    /// Scans epochs `first_epoch..=last_epoch` from `offset` in the first; see `scan_after`.
-    fn scan(
-        &mut self,
-        first_epoch: u32,
-        last_epoch: u32,
-        offset: u64,
-    ) -> OpenResult<Evidence, S, V> {
         let layout = self.reader.layout;
-        let write_size = layout.write_size() as u64;
         let mut evidence = Evidence {
             // A missing first segment has no expected frame: whatever was there was durable.
             durable_lost: self.expected.is_none(),
             ..Evidence::default()
         };
-        for epoch in first_epoch..=last_epoch {
+        for epoch in first_epoch..=self.newest {
             let segment_start = layout.slot_start(epoch);
             let end = segment_start + layout.segment_size;
-            let mut at = if epoch == first_epoch {
+            let from = if epoch == first_epoch {
                 offset
             } else {
                 segment_start
             };
-            evidence.bytes += end - at;
-            while at < end {
-                let slot = self.reader.frame_at(at, end).map_err(OpenError::Storage)?;
-                match slot {
-                    Slot::Valid { header, padded, .. } if header.epoch == epoch => {
-                        evidence.frames += u64::from(header.kind >= KIND_USER_MIN);
-                        self.max_sequence = self.max_sequence.max(header.sequence);
-                        let synced_below = header.sequence.saturating_sub(header.unsynced as u64);
-                        if self
-                            .expected
-                            .is_some_and(|expected| expected < synced_below)
-                        {
-                            evidence.durable_lost = true;
-                        }
-                        at += padded as u64;
+            self.scan_slot(&mut evidence, from, end, |found| found == epoch)?;
+        }
+        let beyond = self.scan_beyond_newest()?;
+        evidence.bytes += beyond.bytes;
+        evidence.frames += beyond.frames;
+        evidence.durable_lost |= beyond.durable_lost;
+        Ok(evidence)
+    }
+
+    /// Adds to `evidence` the valid frames in `[from, end)` whose epoch `accept` takes.
+    fn scan_slot(
+        &mut self,
+        evidence: &mut Evidence,
+        from: u64,
+        end: u64,
+        accept: impl Fn(u32) -> bool,
+    ) -> OpenResult<(), S, V> {
+        let write_size = self.reader.layout.write_size() as u64;
+        evidence.bytes += end.saturating_sub(from);
+        let mut at = from;
+        while at < end {
+            match self.reader.frame_at(at, end).map_err(OpenError::Storage)? {
+                Slot::Valid { header, padded, .. } if accept(header.epoch) => {
+                    evidence.frames += u64::from(header.kind >= KIND_USER_MIN);
+                    self.max_sequence = self.max_sequence.max(header.sequence);
+                    let synced_below = header.sequence.saturating_sub(header.unsynced as u64);
+                    if self
+                        .expected
+                        .is_some_and(|expected| expected < synced_below)
+                    {
+                        evidence.durable_lost = true;
                     }
-                    Slot::NoRoom => break,
-                    _ => at += write_size,
+                    at += padded as u64;
                 }
+                Slot::NoRoom => break,
+                _ => at += write_size,
             }
         }
-        Ok(evidence)
+        Ok(())
     }
 }
 

@@ -230,9 +230,60 @@ fn a_log_written_with_another_layout_is_refused() {
         result,
         Err(OpenError::LayoutMismatch {
             segment_size: 1024,
-            write_size: 8
+            write_size: 8,
+            ..
         })
     ));
+}
+
+#[test]
+fn a_log_written_with_larger_frames_than_configured_is_refused() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    append(&mut log, 1);
+    log.sync().unwrap();
+    drop(log);
+    let small = Config {
+        payload_max: 16,
+        ..config()
+    };
+    let result = Log::open(&mut storage, [0u8; 256], small, |_| Ok::<(), ()>(()));
+    assert!(matches!(
+        result,
+        Err(OpenError::LayoutMismatch {
+            payload_max: 32,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn frames_with_sequence_numbers_no_writer_produces_are_refused() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    let appended = append(&mut log, 1);
+    log.sync().unwrap();
+    drop(log);
+    // Rewrite the frame with sequence 2^64 - 1 and a valid checksum.
+    let offset = appended.position.offset as usize;
+    let mut frame = [0u8; 64];
+    let header = frame::Header {
+        kind: KIND_USER_MIN,
+        sequence: u64::MAX,
+        epoch: appended.position.epoch,
+        unsynced: 0,
+    };
+    let len = frame::emit(&mut frame, header, 8, 0xFF, |area| {
+        area[..20].fill(1);
+        Ok(20)
+    })
+    .unwrap();
+    storage.bytes_mut()[offset..offset + len].copy_from_slice(&frame[..len]);
+    let (mut log, recovery, _, count) = open(&mut storage, Policy::StopAtCorruption);
+    assert_eq!(count, 0);
+    assert!(!recovery.is_clean());
+    append(&mut log, 2);
+    log.sync().unwrap();
 }
 
 #[test]

@@ -121,6 +121,11 @@ impl<'a, S: Storage> Reader<'a, S> {
                 if offset + padded as u64 > end {
                     return Ok(Slot::Bad(FrameError::TooLong));
                 }
+                // Values no writer produces: refusing them keeps recovery's arithmetic in range.
+                let header = frame.header();
+                if header.epoch == u32::MAX || header.sequence >= super::SEQUENCE_LIMIT {
+                    return Ok(Slot::Bad(FrameError::BadHeader));
+                }
                 let payload_start = start + HEADER_LEN;
                 Slot::Valid {
                     header: frame.header(),
