@@ -1,1 +1,179 @@
-fn main() {}
+//! `bedrock`: the command-line tool of a bedrock node.
+//!
+//! - `bedrock counter incr|get` — the durable counter (core's `Counter`) in a data directory;
+//! - `bedrock inspect` — lists every record of a data directory's log and what recovery found;
+//! - `bedrock bench` — throughput figures next to the raw limits measured in the same run.
+//!
+//! User errors (bad arguments, a locked or missing directory, an overflowing counter) are one
+//! `error: …` sentence on stderr and a non-zero exit status, never a panic.
+
+mod bench;
+mod error;
+mod inspect;
+mod output;
+mod store;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Error;
+
+const AFTER_HELP: &str = "\
+Exit status: 0 on success; 1 when the command failed (the message says why); 2 for a command \
+line that could not be parsed.";
+
+/// bedrock: durable building blocks of distributed systems, on this machine's disk.
+#[derive(Debug, Parser)]
+#[command(name = "bedrock", version, after_help = AFTER_HELP)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The durable counter stored in a data directory.
+    ///
+    /// A counter's store is one 1 MiB file of 16 segments of 64 KiB, write size 8: an increment
+    /// is one 32-byte record made durable with fdatasync, and a checkpoint every 1024 records
+    /// lets old segments be erased, so the file never grows and a restart replays at most about
+    /// two segments.
+    #[command(subcommand)]
+    Counter(CounterCommand),
+    /// Lists every record of a data directory's log, then what recovery found.
+    ///
+    /// Opens the store like a restart would (it takes the directory's lock; recovery writes
+    /// nothing, it only syncs what it read) with the stop-at-corruption policy, and prints one
+    /// line per record recovery yields: sequence number, kind and decoded payload (counter
+    /// records as `add N` / `checkpoint V`, other kinds as hex), position, CRC-32C and status.
+    /// A summary follows: segments walked, records, next sequence number, torn tail and
+    /// mid-log corruption (position, expected sequence, cause, bytes and frames skipped),
+    /// earlier cuts, and whether appends continue in place.
+    ///
+    /// Logs written with another segment size, write size or payload limit than a counter's
+    /// are opened with the layout their segment headers record.
+    ///
+    /// Exit status 1 when recovery found mid-log corruption (the listing is still printed).
+    Inspect(DataArgs),
+    /// Measures throughput next to the raw limits of this machine, in one run.
+    ///
+    /// Figures, in a scratch directory on the chosen file system: (a) pwrite of one 32-byte
+    /// counter frame plus fdatasync; (b) the durable counter with one sync per increment;
+    /// (c) the counter with 64 increments per sync; (d) replay of a 256 MiB log against a
+    /// plain sequential read of the same bytes; (e) CRC-32C against memory read bandwidth.
+    /// Writes about 0.8 GiB in total; the scratch directory is removed afterwards.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum CounterCommand {
+    /// Adds N to the counter and prints the new value once it is durable (synced).
+    ///
+    /// Creates the data directory and its store if missing. Prints a warning on stderr when
+    /// recovery found a torn tail or mid-log corruption. Safe to run concurrently: a second
+    /// process finds the directory locked and fails with exit status 1, changing nothing.
+    Incr {
+        /// How much to add: a whole number from 0 to 2^64 - 1.
+        #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_amount)]
+        by: u64,
+        #[command(flatten)]
+        data: DataArgs,
+    },
+    /// Prints the counter's durable value.
+    ///
+    /// Prints 0 for an existing directory that holds no store yet, without creating one.
+    /// Fails (exit status 1) when the directory does not exist: reading never creates it, so
+    /// a mistyped path is an error rather than a silent 0.
+    Get(DataArgs),
+    /// Test helper: COUNT commits of BATCH increments by 1 each, printing every acknowledged
+    /// value on its own line, flushed, once it is durable.
+    #[command(hide = true)]
+    Hammer {
+        #[command(flatten)]
+        data: DataArgs,
+        /// Number of commits (syncs).
+        #[arg(long, value_parser = parse_amount)]
+        count: u64,
+        /// Increments staged per commit.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+    },
+}
+
+#[derive(Debug, Args)]
+struct DataArgs {
+    /// The data directory (holds the store file `log.bedrock` and its `LOCK`).
+    #[arg(long = "data", value_name = "DIR")]
+    dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Where to create the scratch directory (default: the current directory). Pick a
+    /// directory on the file system to measure.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Seconds per figure: a, b and c take turns for 3 of these, the replays run for at least
+    /// one (and at least 5 times), CRC-32C and memory read share one.
+    #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = parse_seconds)]
+    seconds: f64,
+}
+
+fn parse_amount(text: &str) -> Result<u64, String> {
+    text.parse()
+        .map_err(|_| "expected a whole number from 0 to 18446744073709551615".to_string())
+}
+
+fn parse_seconds(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && (0.05..=3600.0).contains(&seconds) => Ok(seconds),
+        _ => Err("expected a number of seconds from 0.05 to 3600".to_string()),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => return error::usage(error),
+    };
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => error.report(),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Error> {
+    match cli.command {
+        Command::Counter(CounterCommand::Incr { by, data }) => store::incr(&data.dir, by),
+        Command::Counter(CounterCommand::Get(data)) => store::get(&data.dir),
+        Command::Counter(CounterCommand::Hammer { data, count, batch }) => {
+            store::hammer(&data.dir, count, batch)
+        }
+        Command::Inspect(data) => inspect::run(&data.dir),
+        Command::Bench(args) => bench::run(args.dir.as_deref(), args.seconds),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn amounts_and_seconds_are_checked() {
+        assert_eq!(parse_amount("18446744073709551615"), Ok(u64::MAX));
+        assert!(parse_amount("18446744073709551616").is_err());
+        assert!(parse_amount("abc").is_err());
+        assert!(parse_amount("-1").is_err());
+        assert_eq!(parse_seconds("2"), Ok(2.0));
+        assert!(parse_seconds("0").is_err());
+        assert!(parse_seconds("nan").is_err());
+    }
+}
