@@ -7,10 +7,19 @@ set -euo pipefail
 need=()
 command -v qemu-system-arm >/dev/null 2>&1 || need+=(qemu-system-arm)
 command -v ld.lld >/dev/null 2>&1 || need+=(lld)
-if ! rustup target list --installed 2>/dev/null | grep -q thumbv7m-none-eabi; then
-  # No rustup target for Cortex-M: build core from source with Debian's toolchain.
-  [ -d /usr/lib/rustlib/src/rust/library/core ] || need+=(rustc-web cargo-web rust-web-src)
-fi
+# scripts/firmware.sh reads section sizes with binutils' size, and bounds qemu with timeout.
+command -v size >/dev/null 2>&1 || need+=(binutils)
+command -v timeout >/dev/null 2>&1 || need+=(coreutils)
+for target in thumbv6m-none-eabi thumbv7em-none-eabihf thumbv7m-none-eabi; do
+  if ! rustup target list --installed 2>/dev/null | grep -qx "$target"; then
+    # No rustup target for this Cortex-M: build core from source with Debian's toolchain.
+    if [ ! -x /usr/bin/rustc ] || [ ! -x /usr/bin/cargo ] ||
+      [ ! -d /usr/lib/rustlib/src/rust/library/core ]; then
+      need+=(rustc-web cargo-web rust-web-src)
+    fi
+    break
+  fi
+done
 if [ ${#need[@]} -gt 0 ]; then
   echo "deps: installing ${need[*]}"
   sudo_cmd=""
