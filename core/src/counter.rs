@@ -200,14 +200,24 @@ impl<S: Storage, B: AsMut<[u8]>> Counter<S, B> {
 
     /// Syncs every staged increment and returns the durable value.
     pub fn commit(&mut self) -> Result<u64, CounterError<S::Error>> {
-        self.log.sync().map_err(CounterError::Sync)?;
-        self.durable_value = self.staged_value;
+        // The release goes out with the checkpoint, in the same sync, so that a crash right
+        // after the commit does not leave the freed segments counted as live.
         if let Some(checkpoint) = self.pending_release.take() {
             self.log
                 .release_before(checkpoint)
                 .map_err(CounterError::Sync)?;
         }
+        self.log.sync().map_err(CounterError::Sync)?;
+        self.durable_value = self.staged_value;
         Ok(self.durable_value)
+    }
+
+    /// Commits what is staged and marks a clean shutdown, so that the next open appends in
+    /// place (see [`Log::close`]). Returns the durable value.
+    pub fn close(mut self) -> Result<u64, CounterError<S::Error>> {
+        let value = self.commit()?;
+        self.log.close().map_err(CounterError::Sync)?;
+        Ok(value)
     }
 
     /// The durable value: every increment acknowledged so far.

@@ -133,7 +133,8 @@ fn the_counter_survives_seeded_power_cuts_and_io_errors() {
             "seed {seed}"
         );
         let value = counter.value();
-        assert_eq!(counter.incr(1).unwrap(), value + 1, "seed {seed}");
+        let next = counter.incr(1);
+        assert_eq!(next, Ok(value + 1), "seed {seed}: {recovery:?}, free {}", counter.log().free_segments());
         recoveries += run.recoveries;
         torn_tails += run.torn_tails;
     }

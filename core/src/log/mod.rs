@@ -55,6 +55,8 @@ pub use recover::{Damage, DamageCause, Recovery};
 pub const KIND_SEGMENT_HEADER: u8 = 1;
 /// Kind of the frame that records where the live log starts after a release.
 pub const KIND_RELEASE: u8 = 2;
+/// Kind of the frame a clean [`Log::close`] writes last: appends may continue right after it.
+pub const KIND_CLOSE: u8 = 3;
 /// The smallest kind available to users of the log; kinds below are the log's own.
 pub const KIND_USER_MIN: u8 = 16;
 
@@ -194,7 +196,8 @@ pub enum SyncError<E> {
     Storage(E),
     /// An earlier storage error poisoned the log.
     Poisoned,
-    /// `release_before` was given a frame that is not durable yet; nothing changed.
+    /// `release_before` was given a position that is not a frame appended to this log;
+    /// nothing changed.
     NotDurable,
 }
 
@@ -300,6 +303,13 @@ impl Layout {
 /// Upper bound of a control frame's postcard payload: five u32 varints and one u64 varint.
 const CONTROL_PAYLOAD_MAX: usize = 5 * 5 + 10;
 
+/// Appended frames waiting in the lent buffer for one storage write: `len` bytes for `offset`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Batch {
+    offset: u64,
+    len: usize,
+}
+
 /// The segment appends go to.
 #[derive(Debug, Clone, Copy)]
 struct Head {
@@ -319,6 +329,8 @@ pub struct Log<S, B> {
     layout: Layout,
     /// The segment appends go to; `None` when the next append must open a fresh segment.
     head: Option<Head>,
+    /// Frames appended but not yet handed to the storage.
+    batch: Batch,
     /// The newest epoch with a valid header, 0 when the log is empty.
     newest_epoch: u32,
     /// Where the live log begins, as recorded durably (segment header or release frame).
@@ -327,6 +339,8 @@ pub struct Log<S, B> {
     pending_start: Start,
     /// Where the live log begins in memory: releases not yet recorded included.
     release: Start,
+    /// A release of a frame not yet durable, applied at the next successful sync.
+    release_at_sync: Option<Start>,
     next_sequence: u64,
     /// Every sequence number below this one is durable.
     durable_sequence: u64,
@@ -349,11 +363,13 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
             buffer,
             layout,
             head: None,
+            batch: Batch::default(),
             newest_epoch: 0,
             // Epochs start at 1; recovery overwrites these when it finds segments.
             start: Start::segment(1),
             pending_start: Start::segment(1),
             release: Start::segment(1),
+            release_at_sync: None,
             next_sequence: 0,
             durable_sequence: 0,
             poisoned: false,
@@ -367,7 +383,8 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
     }
 
     /// Appends one frame of `kind` (at least [`KIND_USER_MIN`]) whose payload `fill` writes into
-    /// the given area, returning its length. The frame is durable after the next [`Log::sync`].
+    /// the given area, returning its length. The frame is durable after the next [`Log::sync`];
+    /// until then it may wait in the lent buffer, so a write error may surface at the sync.
     pub fn append(
         &mut self,
         kind: u8,
@@ -412,53 +429,98 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         if self.poisoned {
             return Err(SyncError::Poisoned);
         }
-        if let Err(error) = self.storage.sync() {
-            self.poisoned = true;
-            return Err(SyncError::Storage(error));
-        }
-        self.durable_sequence = self.next_sequence;
-        self.start = self.start.max(self.pending_start);
+        self.flush_and_sync().map_err(SyncError::Storage)?;
+        self.after_sync();
         Ok(())
     }
 
-    /// Declares every segment older than the one holding `frame` free for reuse. `frame` must be
-    /// durable (a checkpoint that makes the older frames redundant, typically).
+    /// Declares every segment older than the one holding `frame` free for reuse: `frame` makes
+    /// the frames before it redundant (a checkpoint, typically). When `frame` is already durable
+    /// the release applies now; otherwise it applies with the next successful sync, which makes
+    /// `frame` and the release record durable together.
     pub fn release_before(&mut self, frame: Appended) -> Result<(), SyncError<S::Error>> {
         if self.poisoned {
             return Err(SyncError::Poisoned);
         }
-        if frame.sequence >= self.durable_sequence || frame.position.epoch > self.newest_epoch {
+        let slot_start = self.layout.slot_start(frame.position.epoch);
+        let offset = frame
+            .position
+            .offset
+            .checked_sub(slot_start)
+            .filter(|&offset| offset > 0 && offset < self.layout.segment_size);
+        let (Some(offset), true) = (
+            offset,
+            frame.sequence < self.next_sequence && frame.position.epoch <= self.newest_epoch,
+        ) else {
             return Err(SyncError::NotDurable);
-        }
-        let offset = frame.position.offset - self.layout.slot_start(frame.position.epoch);
+        };
         let start = Start {
             epoch: frame.position.epoch,
             offset: offset as u32,
             sequence: frame.sequence,
         };
-        self.release = self.release.max(start);
-        // Record the release now, to become durable with the next sync, so that a crash soon
-        // after does not leave recovery with every segment live. Keep the head's reserve for
-        // the release frame `open_segment` may need.
+        if frame.sequence < self.durable_sequence {
+            self.release = self.release.max(start);
+        } else {
+            self.release_at_sync = Some(self.release_at_sync.map_or(start, |at| at.max(start)));
+        }
+        self.record_release_early()
+    }
+
+    /// Records the release in a release frame right away (durable with the next sync), so that
+    /// a crash soon after does not leave recovery with every segment live. Only a release that
+    /// frees a segment is worth a frame: within a segment the recorded start may lag, since
+    /// replaying from an older durable position is still correct. The head's reserve is kept
+    /// for the release frame `open_segment` may need.
+    fn record_release_early(&mut self) -> Result<(), SyncError<S::Error>> {
+        let target = self
+            .release
+            .max(self.release_at_sync.unwrap_or(self.release));
         let recorded = self.start.max(self.pending_start);
         let room = self
             .head
             .is_some_and(|head| head.offset + 2 * self.layout.control_len as u64 <= head.end);
-        // Only a release that frees a segment is worth a frame; within a segment the recorded
-        // start may lag, since replaying from an older durable position is still correct.
-        if self.release.epoch > recorded.epoch && room {
+        if target.epoch > recorded.epoch && room {
             let epoch = self.head.map_or(0, |head| head.epoch);
-            let release = Release {
-                start: self.release,
-            };
+            let release = Release { start: target };
             self.write_control(KIND_RELEASE, epoch, &release)
                 .map_err(|error| match error {
                     AppendError::Storage(error) => SyncError::Storage(error),
                     _ => SyncError::Poisoned,
                 })?;
-            self.pending_start = self.release;
+            self.pending_start = target;
         }
         Ok(())
+    }
+
+    /// What a successful sync makes true.
+    fn after_sync(&mut self) {
+        self.durable_sequence = self.next_sequence;
+        if let Some(start) = self.release_at_sync.take() {
+            self.release = self.release.max(start);
+        }
+        self.start = self.start.max(self.pending_start);
+    }
+
+    /// Syncs and marks a clean shutdown, so that the next open appends right after the last
+    /// frame. Without it (a crash, a kill), the next open cannot know that no write was cut
+    /// short at the end, and appends move to a freshly erased segment.
+    pub fn close(mut self) -> Result<(), SyncError<S::Error>> {
+        if self.poisoned {
+            return Err(SyncError::Poisoned);
+        }
+        let room = self
+            .head
+            .is_some_and(|head| head.offset + 2 * self.layout.control_len as u64 <= head.end);
+        if room {
+            let epoch = self.head.map_or(0, |head| head.epoch);
+            self.write_control(KIND_CLOSE, epoch, &())
+                .map_err(|error| match error {
+                    AppendError::Storage(error) => SyncError::Storage(error),
+                    _ => SyncError::Poisoned,
+                })?;
+        }
+        self.sync()
     }
 
     /// The sequence number the next append will get.
@@ -553,12 +615,11 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         };
         let offset = head.offset;
         let epoch = head.epoch;
-        let bytes = &self.buffer.as_mut()[..len];
-        if let Err(error) = self.storage.write(offset, bytes) {
+        head.offset += len as u64;
+        if let Err(error) = self.write_frame(offset, 0..len) {
             self.poisoned = true;
             return Err(AppendError::Storage(error));
         }
-        head.offset += len as u64;
         let sequence = self.next_sequence;
         self.next_sequence += 1;
         Ok(Appended {
@@ -586,13 +647,57 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         let Some(head) = self.head.as_mut() else {
             return Err(AppendError::Full);
         };
-        let bytes = &self.buffer.as_mut()[area.start..area.start + len];
-        if let Err(error) = self.storage.write(head.offset, bytes) {
+        let offset = head.offset;
+        head.offset += len as u64;
+        if let Err(error) = self.write_frame(offset, area.start..area.start + len) {
             self.poisoned = true;
             return Err(AppendError::Storage(error));
         }
-        head.offset += len as u64;
         Ok(())
+    }
+
+    /// Queues the encoded frame in `range` of the buffer for writing at `offset`. Frames that
+    /// follow one another collect in the rest of the lent buffer and go out in one storage write
+    /// at the next sync (or when the batch area fills), so a group commit costs one write call
+    /// rather than one per frame. Without room for a batch, frames are written at once.
+    fn write_frame(&mut self, offset: u64, range: core::ops::Range<usize>) -> Result<(), S::Error> {
+        let batch_start = self.layout.frame_max + self.layout.control_len;
+        let capacity = self.buffer.as_mut().len() - batch_start;
+        let len = range.len();
+        let follows = self.batch.offset + self.batch.len as u64 == offset;
+        if self.batch.len > 0 && (!follows || self.batch.len + len > capacity) {
+            self.flush()?;
+        }
+        if len > capacity {
+            return self.storage.write(offset, &self.buffer.as_mut()[range]);
+        }
+        if self.batch.len == 0 {
+            self.batch.offset = offset;
+        }
+        let at = batch_start + self.batch.len;
+        self.buffer.as_mut().copy_within(range, at);
+        self.batch.len += len;
+        Ok(())
+    }
+
+    /// Writes the queued frames, if any.
+    fn flush(&mut self) -> Result<(), S::Error> {
+        if self.batch.len == 0 {
+            return Ok(());
+        }
+        let batch_start = self.layout.frame_max + self.layout.control_len;
+        let bytes = &self.buffer.as_mut()[batch_start..batch_start + self.batch.len];
+        self.batch.len = 0;
+        self.storage.write(self.batch.offset, bytes)
+    }
+
+    /// Writes the queued frames and syncs; any error poisons the log.
+    fn flush_and_sync(&mut self) -> Result<(), S::Error> {
+        let result = self.flush().and_then(|()| self.storage.sync());
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
     }
 
     /// Opens the next segment in the ring: records pending releases durably, erases the slot,
@@ -614,6 +719,11 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
             self.record_release()?;
         }
         let start = self.layout.slot_start(epoch);
+        // Queued frames of the old head go out first, keeping storage operations in order.
+        if let Err(error) = self.flush() {
+            self.poisoned = true;
+            return Err(AppendError::Storage(error));
+        }
         if let Err(error) = self.storage.erase(start, self.layout.segment_size) {
             self.poisoned = true;
             return Err(AppendError::Storage(error));
@@ -633,7 +743,7 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
             write_size: self.layout.geometry.write_size,
             payload_max: self.layout.payload_max as u32,
         };
-        self.pending_start = header.start;
+        self.pending_start = self.pending_start.max(header.start);
         self.write_control(KIND_SEGMENT_HEADER, epoch, &header)
     }
 
@@ -649,17 +759,14 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
             return Ok(());
         };
         if self.pending_start < self.release {
+            self.pending_start = self.release;
             let release = Release {
                 start: self.release,
             };
             self.write_control(KIND_RELEASE, head.epoch, &release)?;
         }
-        if let Err(error) = self.storage.sync() {
-            self.poisoned = true;
-            return Err(AppendError::Storage(error));
-        }
-        self.durable_sequence = self.next_sequence;
-        self.start = self.release;
+        self.flush_and_sync().map_err(AppendError::Storage)?;
+        self.after_sync();
         Ok(())
     }
 }

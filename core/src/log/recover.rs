@@ -19,8 +19,8 @@
 
 use super::window::{Reader, Slot};
 use super::{
-    Entry, Layout, Log, OpenError, Policy, Position, Release, SegmentHeader, Start, KIND_RELEASE,
-    KIND_SEGMENT_HEADER, KIND_USER_MIN,
+    Entry, Layout, Log, OpenError, Policy, Position, Release, SegmentHeader, Start, KIND_CLOSE,
+    KIND_RELEASE, KIND_SEGMENT_HEADER, KIND_USER_MIN,
 };
 use crate::frame::FrameError;
 use crate::storage::Storage;
@@ -62,7 +62,8 @@ pub struct Damage {
     pub expected_sequence: Option<u64>,
     /// What was found there.
     pub cause: DamageCause,
-    /// Bytes from the break to the end of the log, none of which was yielded.
+    /// Bytes examined from the break on (to the end of the newest segment, and the slots
+    /// searched beyond it), written or erased; none of it was yielded.
     pub bytes_skipped: u64,
     /// Valid frames found after the break and not yielded.
     pub frames_skipped: u64,
@@ -128,6 +129,7 @@ pub(super) fn run<S: Storage, B: AsMut<[u8]>, V>(
         max_sequence: newest_header.first_sequence,
         walked: None,
         start_epoch: start.epoch,
+        closed: false,
     };
     let outcome = walk.run(start)?;
     let report = walk.report;
@@ -332,10 +334,14 @@ fn start_point<S: Storage, V>(
                 let release = (frame.kind == KIND_RELEASE && frame.epoch == newest)
                     .then(|| postcard::from_bytes::<Release>(&reader.buffer[payload]).ok())
                     .flatten();
-                if let Some(release) = release {
-                    start = start.max(release.start);
-                }
                 offset += padded as u64;
+                // A release written with the frame it releases to (before their common sync)
+                // counts only if that frame landed too.
+                if let Some(release) = release {
+                    if release.start > start && release_target_is_intact(reader, release.start)? {
+                        start = release.start;
+                    }
+                }
             }
             Slot::NoRoom => break,
             _ => offset += layout.write_size() as u64,
@@ -345,6 +351,26 @@ fn start_point<S: Storage, V>(
         return Ok(Start::segment(newest));
     }
     Ok(start)
+}
+
+/// Whether the frame a release points at is there, valid, with the recorded sequence number.
+fn release_target_is_intact<S: Storage, V>(
+    reader: &mut Reader<'_, S>,
+    start: Start,
+) -> OpenResult<bool, S, V> {
+    let layout = reader.layout;
+    if start.offset == 0 {
+        return Ok(true);
+    }
+    let slot_start = layout.slot_start(start.epoch);
+    let at = slot_start + u64::from(start.offset);
+    let end = slot_start + layout.segment_size;
+    if at >= end {
+        return Ok(false);
+    }
+    let found = reader.frame_at(at, end).map_err(OpenError::Storage)?;
+    Ok(matches!(found, Slot::Valid { header, .. }
+        if header.epoch == start.epoch && header.sequence == start.sequence))
 }
 
 enum Outcome {
@@ -371,6 +397,8 @@ struct Walk<'a, S, F> {
     walked: Option<u32>,
     /// The oldest live epoch.
     start_epoch: u32,
+    /// Whether the last frame walked is a close marker: the writer stopped cleanly there.
+    closed: bool,
 }
 
 impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
@@ -408,11 +436,14 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
                         return self.damaged(epoch + 1, at, DamageCause::MissingSegment);
                     }
                     let next = self.expected.unwrap_or(0);
-                    return Ok(Outcome::InPlace {
-                        epoch,
-                        offset,
-                        next,
-                    });
+                    if self.closed {
+                        return Ok(Outcome::InPlace {
+                            epoch,
+                            offset,
+                            next,
+                        });
+                    }
+                    return self.after_unclean_shutdown(offset, next);
                 }
                 SegmentEnd::Clean(_) => {
                     let at = self.reader.layout.slot_start(epoch + 1);
@@ -591,6 +622,7 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
                 };
                 return Ok(SegmentEnd::Broken(offset, cause));
             }
+            self.closed = header.kind == KIND_CLOSE;
             if header.kind >= KIND_USER_MIN {
                 let entry = Entry {
                     sequence: header.sequence,
@@ -650,23 +682,35 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
         if epoch > self.newest {
             return Ok(Outcome::Cut { next });
         }
-        // Appends continue in the newest segment, after the damage when it is there, else after
-        // the segment's own (voided) frames; recovery finds them by their sequence number.
-        let layout = self.reader.layout;
+        // After the damage when it is in the newest segment, else after that segment's own
+        // (voided) frames.
         let offset = if self.walked == Some(self.newest) {
             offset
         } else {
-            layout.slot_start(self.newest)
+            self.reader.layout.slot_start(self.newest)
         };
+        self.after_unclean_shutdown(offset, next)
+    }
+
+    /// Where appends go when the log was not closed: a write may have been cut short without
+    /// landing a byte, and the contract forbids programming such a word again, so appends move
+    /// to a freshly erased segment. Only when every slot is live (a run of crashes before any
+    /// release) do they continue in the newest segment, after everything written from `from`
+    /// on plus one largest frame, so that the log keeps working.
+    fn after_unclean_shutdown(&mut self, from: u64, next: u64) -> OpenResult<Outcome, S, V> {
+        let layout = self.reader.layout;
+        let victim = (self.newest + 1).checked_sub(layout.segments);
+        if victim.is_none_or(|victim| victim < self.start_epoch) {
+            return Ok(Outcome::Cut { next });
+        }
+        // Leave one largest frame of room after the last written byte: a torn frame that starts
+        // before it may reach that far, and new bytes written into its missing part could
+        // complete it into a valid stale frame.
         let epoch = self.newest;
-        // Continue in the newest segment after everything written so far, so that repeated
-        // crashes cost bytes rather than whole segments. Leave one largest frame of room after
-        // the last written byte: a torn frame that starts before it may reach that far, and new
-        // bytes written into its missing part could complete it into a valid stale frame.
         let end = layout.slot_start(epoch) + layout.segment_size;
         let written_end = self
             .reader
-            .first_free(offset, end)
+            .first_free(from, end)
             .map_err(OpenError::Storage)?;
         let margin = layout.frame_max.max(layout.control_len) as u64;
         let offset = written_end.saturating_add(margin).min(end);

@@ -36,7 +36,7 @@ fn open(
     (log, recovery, seen, count)
 }
 
-fn append(log: &mut Log<&mut Ram, [u8; 256]>, byte: u8) -> Appended {
+fn append<B: AsMut<[u8]>>(log: &mut Log<&mut Ram, B>, byte: u8) -> Appended {
     log.append(KIND_USER_MIN, |area| {
         area[..20].fill(byte);
         Ok(20)
@@ -53,8 +53,7 @@ fn frames_come_back_in_order_after_reopen() {
     for byte in 1..=30 {
         append(&mut log, byte);
     }
-    log.sync().unwrap();
-    drop(log);
+    log.close().unwrap();
     let (log, recovery, seen, count) = open(&mut storage, Policy::Strict);
     assert_eq!(count, 30);
     assert!(seen[..30].iter().copied().eq(1..=30));
@@ -64,23 +63,59 @@ fn frames_come_back_in_order_after_reopen() {
 }
 
 #[test]
-fn appends_continue_in_place_after_a_clean_reopen() {
+fn appends_continue_in_place_after_a_close_and_in_a_fresh_segment_after_a_crash() {
     let mut storage = ram(8);
     let (mut log, ..) = open(&mut storage, Policy::Strict);
-    append(&mut log, 1);
+    let first = append(&mut log, 1);
+    log.close().unwrap();
+    let (mut log, recovery, ..) = open(&mut storage, Policy::Strict);
+    assert!(recovery.appends_in_place);
+    let second = append(&mut log, 2);
+    assert_eq!(second.position.epoch, first.position.epoch);
     log.sync().unwrap();
-    drop(log);
-    let (mut log, ..) = open(&mut storage, Policy::Strict);
-    append(&mut log, 2);
+    drop(log); // no close: as after a crash
+    let (mut log, recovery, seen, count) = open(&mut storage, Policy::Strict);
+    assert_eq!((count, &seen[..2]), (2, &[1, 2][..]));
+    assert_eq!(recovery.segments, 1);
+    assert!(recovery.is_clean());
+    assert!(!recovery.appends_in_place);
+    let third = append(&mut log, 3);
+    assert_eq!(third.position.epoch, first.position.epoch + 1);
     log.sync().unwrap();
     drop(log);
     let (_, recovery, seen, count) = open(&mut storage, Policy::Strict);
-    assert_eq!((count, &seen[..2]), (2, &[1, 2][..]));
-    assert_eq!(recovery.segments, 1);
+    assert_eq!((count, &seen[..3]), (3, &[1, 2, 3][..]));
+    assert!(recovery.is_clean());
 }
 
 #[test]
-fn a_damaged_last_frame_is_a_torn_tail_and_appends_go_to_fresh_space_after_it() {
+fn with_every_segment_live_a_crash_still_leaves_room_to_append() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    let mut count = 0u8;
+    while log.free_segments() > 0 || count == 0 {
+        count += 1;
+        append(&mut log, count);
+    }
+    log.sync().unwrap();
+    drop(log); // a crash with all eight segments live and none released
+    let (mut log, recovery, _, recovered) = open(&mut storage, Policy::Strict);
+    assert_eq!(recovered, count as usize);
+    assert!(
+        recovery.appends_in_place,
+        "no free segment: continue in place"
+    );
+    append(&mut log, 99);
+    log.sync().unwrap();
+    drop(log);
+    let (_, recovery, seen, recovered) = open(&mut storage, Policy::Strict);
+    assert_eq!(recovered, count as usize + 1);
+    assert_eq!(seen[recovered - 1], 99);
+    assert!(recovery.is_clean());
+}
+
+#[test]
+fn a_damaged_last_frame_is_a_torn_tail_and_appends_go_to_a_fresh_segment() {
     let mut storage = ram(8);
     let (mut log, ..) = open(&mut storage, Policy::Strict);
     append(&mut log, 1);
@@ -94,9 +129,8 @@ fn a_damaged_last_frame_is_a_torn_tail_and_appends_go_to_fresh_space_after_it() 
     assert_eq!(torn.expected_sequence, Some(1));
     assert_eq!(torn.position, last.position);
     let appended = append(&mut log, 3);
-    // Fresh space after everything written, never over the damaged frame.
-    let damaged_end = last.position.offset + frame::padded_len(20, 8) as u64;
-    assert!(appended.position.offset >= damaged_end);
+    // Fresh space: a freshly erased segment, never over the damaged frame.
+    assert_eq!(appended.position.epoch, last.position.epoch + 1);
     log.sync().unwrap();
     drop(log);
     let (_, recovery, seen, count) = open(&mut storage, Policy::Strict);
@@ -154,7 +188,8 @@ fn damage_before_a_synced_frame_is_mid_log_corruption() {
 #[test]
 fn an_unsynced_frame_after_damage_does_not_prove_it_durable() {
     let mut storage = ram(8);
-    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    // A buffer with no room to batch, so that appended frames reach the storage unsynced.
+    let (mut log, _) = Log::open(&mut storage, [0u8; 128], config(), |_| Ok::<(), ()>(())).unwrap();
     append(&mut log, 1);
     log.sync().unwrap();
     let lost = append(&mut log, 2);
@@ -207,11 +242,24 @@ fn without_releases_the_log_fills_and_says_so() {
 }
 
 #[test]
-fn release_of_an_unsynced_frame_is_refused() {
+fn a_release_of_a_position_that_is_not_a_frame_is_refused() {
     let mut storage = ram(8);
     let (mut log, ..) = open(&mut storage, Policy::Strict);
     let appended = append(&mut log, 1);
-    assert_eq!(log.release_before(appended), Err(SyncError::NotDurable));
+    let future = Appended {
+        sequence: appended.sequence + 1,
+        ..appended
+    };
+    assert_eq!(log.release_before(future), Err(SyncError::NotDurable));
+    let header = Appended {
+        position: Position {
+            offset: log.layout.slot_start(appended.position.epoch),
+            ..appended.position
+        },
+        ..appended
+    };
+    assert_eq!(log.release_before(header), Err(SyncError::NotDurable));
+    assert_eq!(log.release_before(appended), Ok(()));
 }
 
 #[test]

@@ -77,7 +77,10 @@ impl<'a, S: Storage> Reader<'a, S> {
             .max(self.read_limit)
             .div_ceil(read_size)
             .saturating_mul(read_size);
-        let len = usable.min(wanted).min((end - offset) as usize);
+        // Read past the segment's end when the buffer allows: the next epoch usually lives in
+        // the next slot, so a replay keeps streaming. Frames are still bounded by `end`.
+        let stored = u64::from(self.layout.segments) * self.layout.segment_size;
+        let len = usable.min(wanted).min((stored - offset) as usize);
         self.window = Window::default();
         self.storage.read(offset, &mut self.buffer[..len])?;
         self.window = Window { start: offset, len };
