@@ -212,12 +212,17 @@ impl<S: Storage, B: AsMut<[u8]>> Counter<S, B> {
         Ok(self.durable_value)
     }
 
-    /// Commits what is staged and marks a clean shutdown, so that the next open appends in
-    /// place (see [`Log::close`]). Returns the durable value.
+    /// Commits what is staged and marks a clean shutdown in the same sync, so that the next open
+    /// appends in place (see [`Log::close`]). Returns the durable value.
     pub fn close(mut self) -> Result<u64, CounterError<S::Error>> {
-        let value = self.commit()?;
+        if let Some(checkpoint) = self.pending_release.take() {
+            self.log
+                .release_before(checkpoint)
+                .map_err(CounterError::Sync)?;
+        }
+        // One sync covers the staged records and the close marker.
         self.log.close().map_err(CounterError::Sync)?;
-        Ok(value)
+        Ok(self.staged_value)
     }
 
     /// The durable value: every increment acknowledged so far.

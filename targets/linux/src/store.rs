@@ -88,15 +88,15 @@ pub fn warnings(recovery: &Recovery) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(torn) = &recovery.torn_tail {
         lines.push(format!(
-            "warning: recovery truncated a torn tail at epoch {} offset {}: {} frames, {} bytes \
-             discarded (never synced)",
+            "warning: recovery skipped a torn tail at epoch {} offset {}: {} unsynced frames \
+             discarded ({} bytes scanned after it)",
             torn.position.epoch, torn.position.offset, torn.frames_skipped, torn.bytes_skipped
         ));
     }
     if let Some(corruption) = &recovery.corruption {
         lines.push(format!(
             "warning: MID-LOG CORRUPTION at {}: the counter was rolled back to the consistent \
-             prefix; {} frames skipped ({} bytes)",
+             prefix; {} frames skipped ({} bytes scanned)",
             where_and_why(corruption),
             corruption.frames_skipped,
             corruption.bytes_skipped
@@ -121,8 +121,8 @@ pub fn where_and_why(damage: &Damage) -> String {
 pub fn incr(dir: &Path, by: u64) -> Result<ExitCode, Error> {
     let mut counter = open(dir)?;
     let before = counter.value();
-    match counter.incr(by) {
-        Ok(value) => output::line(value)?,
+    match counter.stage(by) {
+        Ok(_) => {}
         Err(CounterError::Overflow) => {
             return Err(fail(format!(
                 "the counter would overflow u64 (value {before}, by {by})"
@@ -130,6 +130,12 @@ pub fn incr(dir: &Path, by: u64) -> Result<ExitCode, Error> {
         }
         Err(error) => return Err(increment_error(dir, error)),
     }
+    // One sync makes the increment durable and marks the clean shutdown, so that the next run
+    // appends in place rather than in a freshly erased segment.
+    let value = counter
+        .close()
+        .map_err(|error| increment_error(dir, error))?;
+    output::line(value)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -168,6 +174,9 @@ pub fn hammer(dir: &Path, count: u64, batch: u32) -> Result<ExitCode, Error> {
             .map_err(|error| increment_error(dir, error))?;
         output::line(value)?;
     }
+    counter
+        .close()
+        .map_err(|error| increment_error(dir, error))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -211,13 +220,13 @@ mod tests {
         let lines = warnings(&recovery);
         assert_eq!(
             lines[0],
-            "warning: recovery truncated a torn tail at epoch 3 offset 131136: 2 frames, 512 \
-             bytes discarded (never synced)"
+            "warning: recovery skipped a torn tail at epoch 3 offset 131136: 2 unsynced frames \
+             discarded (512 bytes scanned after it)"
         );
         assert!(lines[1].starts_with(
             "warning: MID-LOG CORRUPTION at epoch 3 offset 131136 (expected sequence 42; found \
              written bytes after the last frame): the counter was rolled back"
         ));
-        assert!(lines[1].ends_with("2 frames skipped (512 bytes)"));
+        assert!(lines[1].ends_with("2 frames skipped (512 bytes scanned)"));
     }
 }

@@ -36,7 +36,7 @@ const TORN_PREFIXES: [usize; 4] = [0, 12, 28, usize::MAX];
 /// used (`WordProgrammedTwice` on this write-once mock, a broken ECC word on real flash).
 /// While false, crash points with a zero-byte cut still run, but their failures are counted
 /// apart and do not fail the run. Set to true once recovery leaves room after a clean end.
-const ZERO_BYTE_CUTS_CHECKED: bool = false;
+const ZERO_BYTE_CUTS_CHECKED: bool = true;
 /// Failures printed in full; later ones are only counted.
 const FAILURES_PRINTED: u32 = 10;
 
