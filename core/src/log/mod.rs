@@ -21,13 +21,16 @@
 //!   [`Recovery::corruption`] with its position and what was skipped. With
 //!   [`Policy::StopAtCorruption`] (the default) recovery yields the consistent prefix before it;
 //!   with [`Policy::Strict`] it refuses to open.
-//! - Appends after damage go to fresh space: in the newest segment after every byte written so
-//!   far plus one largest frame of margin (so a crash costs bytes, not a segment), or in a fresh
-//!   segment. The first frame there repeats the expected sequence number, which later recoveries
-//!   recognise as a deliberate cut and never read behind.
-//! - Space is reclaimed: [`Log::release_before`] frees whole segments older than a durable frame.
-//!   The release is recorded in a release frame (durable with the next sync), and a segment is
-//!   erased for reuse only once its release is durable.
+//! - After [`Log::close`], appends continue right after the last frame. After a crash (or any
+//!   open without a close marker) they go to a freshly erased segment, since a write cut short
+//!   may have left words that must not be programmed again; after damage too. The first frame
+//!   there repeats the expected sequence number, which later recoveries recognise as a
+//!   deliberate cut and never read behind. Only when every segment is live do appends continue
+//!   in the newest segment, after all written bytes plus one largest frame of margin.
+//! - Space is reclaimed: [`Log::release_before`] frees whole segments older than a frame (a
+//!   checkpoint). The release is recorded in a release frame, durable with the next sync, and a
+//!   segment is erased for reuse only once its release is durable.
+//! - Appended frames collect in the lent buffer and go to storage in one write per sync.
 //! - No word is written twice between erases; every write is whole write-size words.
 //!
 //! # What it does not guarantee
