@@ -134,7 +134,12 @@ fn the_counter_survives_seeded_power_cuts_and_io_errors() {
         );
         let value = counter.value();
         let next = counter.incr(1);
-        assert_eq!(next, Ok(value + 1), "seed {seed}: {recovery:?}, free {}", counter.log().free_segments());
+        assert_eq!(
+            next,
+            Ok(value + 1),
+            "seed {seed}: {recovery:?}, free {}",
+            counter.log().free_segments()
+        );
         recoveries += run.recoveries;
         torn_tails += run.torn_tails;
     }
