@@ -31,12 +31,6 @@ const OPERATIONS: u32 = 400;
 /// Bytes of the cut program that land: none, part of the frame header, the header and part of
 /// the payload or checksum, and all of it (power fails just after the program).
 const TORN_PREFIXES: [usize; 4] = [0, 12, 28, usize::MAX];
-/// Known core issue: a cut program that lands no byte leaves its words reading as erased, so
-/// recovery appends in place over them, programming words the interrupted program had already
-/// used (`WordProgrammedTwice` on this write-once mock, a broken ECC word on real flash).
-/// While false, crash points with a zero-byte cut still run, but their failures are counted
-/// apart and do not fail the run. Set to true once recovery leaves room after a clean end.
-const ZERO_BYTE_CUTS_CHECKED: bool = true;
 /// Failures printed in full; later ones are only counted.
 const FAILURES_PRINTED: u32 = 10;
 
@@ -168,34 +162,14 @@ struct Checker {
     torn: usize,
     second_torn: usize,
     failures: u32,
-    /// Failures at crash points of the known issue (see [`ZERO_BYTE_CUTS_CHECKED`]).
-    known_issue_failures: u32,
     /// Crash points with a failed check, by index of the first and of the second torn prefix.
     failed_points: [[u32; TORN_PREFIXES.len()]; TORN_PREFIXES.len()],
 }
 
 impl Checker {
-    fn known_issue(&self) -> bool {
-        !ZERO_BYTE_CUTS_CHECKED && (self.torn == 0 || self.second_torn == 0)
-    }
-
     fn check(&mut self, ok: bool, what: &str, detail: impl Debug) -> bool {
         if ok {
             return true;
-        }
-        if self.known_issue() {
-            if self.known_issue_failures == 0 {
-                hprintln!(
-                    "known issue, first instance: cut {} torn {:?} second torn {:?}: {} ({:?})",
-                    self.cut,
-                    Prefix(self.torn),
-                    Prefix(self.second_torn),
-                    what,
-                    detail
-                );
-            }
-            self.known_issue_failures += 1;
-            return false;
         }
         if self.failures < FAILURES_PRINTED {
             hprintln!(
@@ -212,7 +186,7 @@ impl Checker {
     }
 
     fn failed(&self) -> u32 {
-        self.failures + self.known_issue_failures
+        self.failures
     }
 }
 
@@ -493,12 +467,6 @@ fn main() -> ! {
         stats.segments_walked_max,
         stats.earlier_cuts_max
     );
-    if checker.known_issue_failures > 0 {
-        hprintln!(
-            "  KNOWN CORE ISSUE (not counted as failures): {} failed checks at crash points with a cut that landed no byte: recovery appends over the words of the interrupted program",
-            checker.known_issue_failures
-        );
-    }
     hprintln!(
         "stack: counter workload {} B, recovery + incr + group commit {} B (a Counter is {} B, a Recovery {} B); whole firmware peak {} B of {} B",
         workload_stack,
