@@ -76,38 +76,57 @@ mod hardware {
 
     const _: () = assert!(LONG.is_power_of_two() && SHORT.is_power_of_two());
 
-    static SHIFT_LONG: [u32; 32] = shift_operator(LONG);
-    static SHIFT_SHORT: [u32; 32] = shift_operator(SHORT);
-
-    fn shift(operator: &[u32; 32], register: u32) -> u32 {
-        let mut result = 0;
-        let mut bits = register;
-        while bits != 0 {
-            result ^= operator[bits.trailing_zeros() as usize];
-            bits &= bits - 1;
+    /// The operator as four byte-indexed tables: one lookup per byte of the register instead of
+    /// one conditional XOR per bit.
+    const fn shift_tables(len: usize) -> [[u32; 256]; 4] {
+        let operator = shift_operator(len);
+        let mut tables = [[0u32; 256]; 4];
+        let mut byte = 0;
+        while byte < 4 {
+            let mut value = 0;
+            while value < 256 {
+                tables[byte][value] = apply(&operator, (value as u32) << (8 * byte));
+                value += 1;
+            }
+            byte += 1;
         }
-        result
+        tables
     }
 
-    fn word(bytes: &[u8], at: usize) -> u64 {
+    static SHIFT_LONG: [[u32; 256]; 4] = shift_tables(LONG);
+    static SHIFT_SHORT: [[u32; 256]; 4] = shift_tables(SHORT);
+
+    fn shift(tables: &[[u32; 256]; 4], register: u32) -> u32 {
+        let [a, b, c, d] = register.to_le_bytes();
+        tables[0][a as usize]
+            ^ tables[1][b as usize]
+            ^ tables[2][c as usize]
+            ^ tables[3][d as usize]
+    }
+
+    fn word(chunk: &[u8]) -> u64 {
         let mut word = [0u8; 8];
-        word.copy_from_slice(&bytes[at..at + 8]);
+        word.copy_from_slice(chunk);
         u64::from_le_bytes(word)
     }
 
     /// Three independent streams over `[0, len)`, `[len, 2len)`, `[2len, 3len)`, then combined.
     #[target_feature(enable = "sse4.2")]
-    fn three_streams(register: u32, block: &[u8], len: usize, operator: &[u32; 32]) -> u32 {
+    fn three_streams(register: u32, block: &[u8], len: usize, tables: &[[u32; 256]; 4]) -> u32 {
+        let (first_block, rest) = block[..3 * len].split_at(len);
+        let (second_block, third_block) = rest.split_at(len);
         let (mut first, mut second, mut third) = (u64::from(register), 0u64, 0u64);
-        let mut at = 0;
-        while at < len {
-            first = _mm_crc32_u64(first, word(block, at));
-            second = _mm_crc32_u64(second, word(block, at + len));
-            third = _mm_crc32_u64(third, word(block, at + 2 * len));
-            at += 8;
+        let streams = first_block
+            .chunks_exact(8)
+            .zip(second_block.chunks_exact(8))
+            .zip(third_block.chunks_exact(8));
+        for ((a, b), c) in streams {
+            first = _mm_crc32_u64(first, word(a));
+            second = _mm_crc32_u64(second, word(b));
+            third = _mm_crc32_u64(third, word(c));
         }
-        let combined = shift(operator, first as u32) ^ second as u32;
-        shift(operator, combined) ^ third as u32
+        let combined = shift(tables, first as u32) ^ second as u32;
+        shift(tables, combined) ^ third as u32
     }
 
     pub(super) fn crc32c(bytes: &[u8]) -> u32 {
@@ -130,7 +149,7 @@ mod hardware {
         let mut words = rest.chunks_exact(8);
         let mut wide = u64::from(register);
         for chunk in &mut words {
-            wide = _mm_crc32_u64(wide, word(chunk, 0));
+            wide = _mm_crc32_u64(wide, word(chunk));
         }
         register = wide as u32;
         for &byte in words.remainder() {
