@@ -482,13 +482,8 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
             };
             let start = layout.slot_start(epoch);
             let end = start + layout.segment_size;
-            if step > 1 {
-                self.reader.set_read_limit(layout.control_len);
-                let first = self.reader.frame_at(start, end);
-                self.reader.set_read_limit(usize::MAX);
-                if !matches!(first.map_err(OpenError::Storage)?, Slot::Bad(_)) {
-                    continue;
-                }
+            if step > 1 && !self.may_hold_frames(start, end)? {
+                continue;
             }
             let newest = self.newest;
             let slot = epoch % layout.segments;
@@ -497,6 +492,30 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
             })?;
         }
         Ok(evidence)
+    }
+
+    /// Whether a slot outside the live range may hold frames of a segment whose header was
+    /// lost: its first bytes are damaged or a frame other than a segment header, or they read as
+    /// erased while the bytes where the first frames would follow do not. A slot that opens with
+    /// a valid segment header (a stale one) or is erased where frames would be is passed over
+    /// after one small read.
+    fn may_hold_frames(&mut self, start: u64, end: u64) -> OpenResult<bool, S, V> {
+        let layout = self.reader.layout;
+        let probe = (layout.control_len + layout.frame_max) as u64;
+        self.reader.set_read_limit(probe as usize);
+        let first = self.reader.frame_at(start, end);
+        let verdict = match first {
+            Ok(Slot::Valid { header, .. }) => Ok(header.kind != KIND_SEGMENT_HEADER),
+            Ok(Slot::Erased) => self
+                .reader
+                .first_free(start, (start + probe).min(end))
+                .map(|free| free != start),
+            Ok(Slot::NoRoom) => Ok(false),
+            Ok(Slot::Bad(_)) => Ok(true),
+            Err(error) => Err(error),
+        };
+        self.reader.set_read_limit(usize::MAX);
+        verdict.map_err(OpenError::Storage)
     }
 
     /// Whether a header follows on from the walk so far (always, for the first segment).
