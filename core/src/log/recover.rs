@@ -469,9 +469,10 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
         Ok(self.scan_beyond_newest()?.durable_lost)
     }
 
-    /// Frames of epochs after the newest valid header, in the slots outside the live range: the
-    /// slot after the newest always, the others when their first bytes are neither erased nor
-    /// a valid frame (a damaged header). A slot whose header reads as erased is not searched.
+    /// Frames of epochs after the newest valid header, in the slots outside the live range whose
+    /// start suggests a segment with a lost header (see `may_hold_frames`). The same test for
+    /// every slot keeps the verdict the same when a later open sees another slot as the
+    /// successor of its newest segment.
     fn scan_beyond_newest(&mut self) -> OpenResult<Evidence, S, V> {
         let layout = self.reader.layout;
         let live = self.newest - self.start_epoch.min(self.newest) + 1;
@@ -482,7 +483,7 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
             };
             let start = layout.slot_start(epoch);
             let end = start + layout.segment_size;
-            if step > 1 && !self.may_hold_frames(start, end)? {
+            if !self.may_hold_frames(start, end)? {
                 continue;
             }
             let newest = self.newest;
