@@ -4,4 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/deps.sh
-cargo test --workspace --release --locked -- --show-output
+# Unit, integration and process tests, showing the figures the simulation tests print.
+cargo test --workspace --release --locked --lib --bins --tests -- --show-output
+# Doc tests (a compile_fail test's expected compiler error is not worth showing).
+cargo test --workspace --release --locked --doc
