@@ -10,13 +10,15 @@
 //! - [`checksum`] — CRC-32C,
 //! - [`frame`] — the CRC-checked frame format (see SPEC.md);
 //! - [`log`] — a segmented append-only log with crash recovery and space reclamation;
-//! - [`counter`] — the durable counter built on the log.
+//! - [`counter`] — the durable counter built on the log;
+//! - [`crdt`] — state-based CRDTs: version vector, grow-only and positive-negative counters.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod checksum;
 pub mod counter;
+pub mod crdt;
 pub mod frame;
 pub mod log;
 pub mod storage;
