@@ -11,7 +11,9 @@
 //! - [`frame`] — the CRC-checked frame format (see SPEC.md);
 //! - [`log`] — a segmented append-only log with crash recovery and space reclamation;
 //! - [`counter`] — the durable counter built on the log;
-//! - [`crdt`] — state-based CRDTs: version vector, grow-only and positive-negative counters.
+//! - [`crdt`] — state-based CRDTs: version vector, grow-only and positive-negative counters;
+//! - [`time`], [`rng`], [`net`] — time, randomness and the datagram contract, all inputs;
+//! - [`service`] — the sans-IO shape of networked services.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -21,4 +23,8 @@ pub mod counter;
 pub mod crdt;
 pub mod frame;
 pub mod log;
+pub mod net;
+pub mod rng;
+pub mod service;
 pub mod storage;
+pub mod time;
