@@ -18,9 +18,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+// Tests may use the heap for their harnesses; the library itself never does.
+#[cfg(test)]
+extern crate std;
+
 pub mod checksum;
 pub mod counter;
 pub mod crdt;
+pub mod dcounter;
 pub mod frame;
 pub mod log;
 pub mod net;

@@ -1,0 +1,315 @@
+use super::*;
+use crate::rng::SplitMix64;
+use crate::storage::RamStorage;
+use core::net::{IpAddr, Ipv4Addr};
+use std::vec::Vec as HeapVec;
+
+type Ram = RamStorage<16384>;
+type Node = DistributedCounter<Ram, [u8; 2048], 8, 8, 16, 8>;
+
+fn addr(index: usize) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, index as u8 + 1)), 7000)
+}
+
+fn config(index: usize, incarnation: u32) -> Config {
+    let mut config = Config::new(NodeId(index as u32 + 1), incarnation);
+    config.checkpoint_every = 5;
+    config.log.segment_size = 2048;
+    config
+}
+
+fn open(storage: Ram, index: usize, incarnation: u32, nodes: usize) -> Node {
+    let peers: heapless::Vec<SocketAddr, 8> =
+        (0..nodes).filter(|&i| i != index).map(addr).collect();
+    Node::open(storage, [0; 2048], config(index, incarnation), &peers)
+        .expect("open")
+        .0
+}
+
+fn fresh(index: usize, nodes: usize) -> Node {
+    open(RamStorage::new(8, 512, 0xFF).unwrap(), index, 1, nodes)
+}
+
+fn peer(index: usize, incarnation: u32) -> Peer {
+    Peer {
+        addr: addr(index),
+        node: NodeId(index as u32 + 1),
+        incarnation,
+    }
+}
+
+const CLIENT: usize = 50;
+
+/// A message in flight between test nodes.
+struct Flight {
+    from: usize,
+    to: usize,
+    bytes: HeapVec<u8>,
+}
+
+/// Moves every queued message, dropping, duplicating and reordering them with `rng`.
+fn exchange(nodes: &mut [Node], now: Instant, rng: &mut SplitMix64, loss_percent: u64) -> usize {
+    let mut flights: HeapVec<Flight> = HeapVec::new();
+    for (from, node) in nodes.iter_mut().enumerate() {
+        let mut buffer = [0u8; 1400];
+        while let Some(transmit) = node.poll_transmit(now, &mut buffer) {
+            let to = (0..CLIENT + 1).find(|&i| addr(i) == transmit.to).unwrap();
+            let bytes = buffer[..transmit.len].to_vec();
+            let copies = if rng.below(100) < 10 { 2 } else { 1 };
+            for _ in 0..copies {
+                if rng.below(100) >= loss_percent {
+                    flights.push(Flight {
+                        from,
+                        to,
+                        bytes: bytes.clone(),
+                    });
+                }
+            }
+        }
+    }
+    // Reorder: a seeded shuffle.
+    for i in (1..flights.len()).rev() {
+        let j = rng.below(i as u64 + 1) as usize;
+        flights.swap(i, j);
+    }
+    let moved = flights.len();
+    for flight in flights {
+        if flight.to < nodes.len() {
+            nodes[flight.to].handle_message(now, peer(flight.from, 1), &flight.bytes);
+        }
+    }
+    for node in nodes.iter_mut() {
+        node.commit().unwrap();
+    }
+    moved
+}
+
+fn run_rounds(nodes: &mut [Node], rng: &mut SplitMix64, rounds: u64, loss: u64) {
+    for round in 0..rounds {
+        let now = Instant::from_millis(round * 250);
+        for node in nodes.iter_mut() {
+            node.handle_timeout(now, rng);
+        }
+        exchange(nodes, now, rng, loss);
+    }
+}
+
+fn incr_from_client(node: &mut Node, request: u64, by: u64) {
+    let client = Peer {
+        addr: addr(CLIENT),
+        node: NodeId(0x8000_0000),
+        incarnation: 7,
+    };
+    let mut payload = [0u8; 64];
+    let len = message::encode(&Message::Incr { request, by }, &mut payload).unwrap();
+    node.handle_message(Instant::ZERO, client, &payload[..len]);
+}
+
+fn take_reply(node: &mut Node) -> Option<Message> {
+    let mut buffer = [0u8; 1400];
+    while let Some(transmit) = node.poll_transmit(Instant::ZERO, &mut buffer) {
+        if transmit.to == addr(CLIENT) {
+            return Some(message::decode(&buffer[..transmit.len]).unwrap().0);
+        }
+    }
+    None
+}
+
+#[test]
+fn an_increment_is_answered_only_after_the_commit_syncs_it() {
+    let mut node = fresh(0, 1);
+    incr_from_client(&mut node, 1, 5);
+    assert_eq!(take_reply(&mut node), None, "no reply before the sync");
+    let syncs = node.stats().syncs;
+    node.commit().unwrap();
+    assert_eq!(node.stats().syncs, syncs + 1);
+    assert_eq!(
+        take_reply(&mut node),
+        Some(Message::Value {
+            request: 1,
+            value: 5
+        })
+    );
+    node.commit().unwrap();
+    assert_eq!(node.stats().syncs, syncs + 1, "nothing staged: no sync");
+}
+
+#[test]
+fn a_retried_request_is_applied_once() {
+    let mut node = fresh(0, 1);
+    incr_from_client(&mut node, 9, 3);
+    incr_from_client(&mut node, 9, 3); // retry before the sync: waits for the same reply
+    node.commit().unwrap();
+    assert_eq!(
+        take_reply(&mut node),
+        Some(Message::Value {
+            request: 9,
+            value: 3
+        })
+    );
+    incr_from_client(&mut node, 9, 3); // retry after: answered from memory
+    assert_eq!(
+        take_reply(&mut node),
+        Some(Message::Value {
+            request: 9,
+            value: 3
+        })
+    );
+    assert_eq!(node.value(), 3);
+    // And across a restart, from the log.
+    let (storage, _) = node.log.into_parts();
+    let mut node = open(storage, 0, 2, 1);
+    incr_from_client(&mut node, 9, 3);
+    assert_eq!(
+        take_reply(&mut node),
+        Some(Message::Value {
+            request: 9,
+            value: 3
+        })
+    );
+    assert_eq!(node.value(), 3);
+}
+
+#[test]
+fn acknowledged_increments_survive_a_restart_through_checkpoints() {
+    let mut node = fresh(0, 1);
+    for request in 0..23 {
+        incr_from_client(&mut node, request, request + 1);
+        node.commit().unwrap();
+    }
+    let expected: u64 = (1..=23).sum();
+    assert_eq!(node.value(), expected);
+    assert!(
+        node.stats().checkpoints >= 4,
+        "a checkpoint every 5 increments"
+    );
+    let (storage, _) = node.log.into_parts();
+    let node = open(storage, 0, 2, 1);
+    assert_eq!(node.value(), expected);
+}
+
+#[test]
+fn an_overflowing_increment_is_refused_and_changes_nothing() {
+    let mut node = fresh(0, 1);
+    incr_from_client(&mut node, 1, u64::MAX);
+    node.commit().unwrap();
+    assert!(matches!(take_reply(&mut node), Some(Message::Value { .. })));
+    incr_from_client(&mut node, 2, 1);
+    assert_eq!(
+        take_reply(&mut node),
+        Some(Message::Refused {
+            request: 2,
+            reason: Refusal::Overflow
+        })
+    );
+    assert_eq!(node.value(), u64::MAX);
+}
+
+#[test]
+fn malformed_payloads_are_counted_and_dropped() {
+    let mut node = fresh(0, 2);
+    for bytes in [&[][..], &[0xFF; 3][..], &[0, 1, 5, 1, 3, 0][..]] {
+        node.handle_message(Instant::ZERO, peer(1, 1), bytes);
+    }
+    assert_eq!(node.stats().malformed, 3);
+    assert_eq!(node.value(), 0);
+}
+
+#[test]
+fn nodes_converge_to_the_exact_sum_under_loss_duplication_and_reordering() {
+    for seed in 0..40 {
+        let mut rng = SplitMix64::new(seed);
+        let mut nodes: HeapVec<Node> = (0..4).map(|index| fresh(index, 4)).collect();
+        let mut expected = 0;
+        for step in 0..30u64 {
+            let index = rng.below(4) as usize;
+            let by = rng.below(100) + 1;
+            incr_from_client(&mut nodes[index], step, by);
+            expected += by;
+            if step % 3 == 0 {
+                run_rounds(&mut nodes, &mut rng, 1, 30);
+            }
+        }
+        run_rounds(&mut nodes, &mut rng, 60, 30);
+        for node in &nodes {
+            assert_eq!(node.value(), expected, "seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn a_restarted_node_gets_the_whole_state_again() {
+    let mut rng = SplitMix64::new(3);
+    let mut nodes: HeapVec<Node> = (0..3).map(|index| fresh(index, 3)).collect();
+    incr_from_client(&mut nodes[1], 1, 10);
+    incr_from_client(&mut nodes[2], 1, 20);
+    run_rounds(&mut nodes, &mut rng, 20, 0);
+    assert!(nodes.iter().all(|node| node.value() == 30));
+    // Node 0 restarts with a blank disk: the others must notice its new incarnation.
+    let mut restarted = open(RamStorage::new(8, 512, 0xFF).unwrap(), 0, 2, 3);
+    core::mem::swap(&mut nodes[0], &mut restarted);
+    for round in 0..20 {
+        let now = Instant::from_millis(10_000 + round * 250);
+        for node in nodes.iter_mut() {
+            node.handle_timeout(now, &mut rng);
+        }
+        let mut moved = HeapVec::new();
+        for (from, node) in nodes.iter_mut().enumerate() {
+            let mut buffer = [0u8; 1400];
+            while let Some(transmit) = node.poll_transmit(now, &mut buffer) {
+                let to = (0..3).find(|&i| addr(i) == transmit.to).unwrap();
+                moved.push((from, to, buffer[..transmit.len].to_vec()));
+            }
+        }
+        for (from, to, bytes) in moved {
+            let incarnation = if from == 0 { 2 } else { 1 };
+            nodes[to].handle_message(now, peer(from, incarnation), &bytes);
+        }
+    }
+    assert_eq!(nodes[0].value(), 30);
+}
+
+#[test]
+fn a_state_larger_than_one_datagram_goes_in_chunks() {
+    type Wide = DistributedCounter<RamStorage<65536>, [u8; 4096], 64, 2, 4, 4>;
+    let open_wide = |index: usize| {
+        let mut config = config(index, 1);
+        config.chunks_per_round = 2;
+        config.log.segment_size = 4096;
+        Wide::open(
+            RamStorage::new(8, 512, 0xFF).unwrap(),
+            [0; 4096],
+            config,
+            &[addr(1 - index)],
+        )
+        .unwrap()
+        .0
+    };
+    let (mut source, mut sink) = (
+        std::boxed::Box::new(open_wide(0)),
+        std::boxed::Box::new(open_wide(1)),
+    );
+    for node in 1..=60u32 {
+        source.raise(NodeId(node * 1000), u64::from(node) << 40);
+    }
+    let mut rng = SplitMix64::new(1);
+    let mut datagrams = 0;
+    for round in 0..40 {
+        let now = Instant::from_millis(round * 250);
+        source.handle_timeout(now, &mut rng);
+        let mut buffer = [0u8; 508];
+        while let Some(transmit) = source.poll_transmit(now, &mut buffer) {
+            assert!(transmit.len <= 508);
+            datagrams += 1;
+            sink.handle_message(now, peer(0, 1), &buffer[..transmit.len]);
+        }
+        while let Some(transmit) = sink.poll_transmit(now, &mut buffer) {
+            source.handle_message(now, peer(1, 1), &buffer[..transmit.len]);
+        }
+    }
+    assert_eq!(sink.counts(), source.counts());
+    assert!(
+        datagrams > 2,
+        "60 wide entries do not fit one 508-byte datagram"
+    );
+}
