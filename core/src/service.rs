@@ -73,3 +73,102 @@ pub trait Service {
     /// for it. Cheap when nothing is staged.
     fn commit(&mut self) -> Result<(), Self::Error>;
 }
+
+/// A commit failed: the service of envelope kind `kind` could not sync and is poisoned. Nothing
+/// it staged since its previous commit was acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct CommitFailed {
+    /// The failed service's envelope kind.
+    pub kind: u8,
+}
+
+impl core::fmt::Display for CommitFailed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(
+            f,
+            "the service of kind {} failed to sync its storage and stopped taking writes",
+            self.kind
+        )
+    }
+}
+
+impl core::error::Error for CommitFailed {}
+
+/// Several services run by one node, dispatched by envelope kind. Implemented for a single
+/// [`Service`] and for tuples of two and three, so a driver runs any combination.
+pub trait Services {
+    /// Hands an authenticated message to the service of `kind`; false when no service has it.
+    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool;
+    /// Runs every service's due timers.
+    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R);
+    /// The next message of any service, with the envelope kind it goes out under.
+    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)>;
+    /// The earliest deadline of any service.
+    fn poll_timeout(&self) -> Option<Instant>;
+    /// Commits every service (one sync each at most). Every service is committed even when an
+    /// earlier one fails; the first failure is returned.
+    fn commit(&mut self) -> Result<(), CommitFailed>;
+}
+
+fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl<A: Service> Services for A {
+    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool {
+        if kind != A::KIND {
+            return false;
+        }
+        Service::handle_message(self, now, from, payload);
+        true
+    }
+
+    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
+        Service::handle_timeout(self, now, rng);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)> {
+        Service::poll_transmit(self, now, buffer).map(|transmit| (A::KIND, transmit))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Service::poll_timeout(self)
+    }
+
+    fn commit(&mut self) -> Result<(), CommitFailed> {
+        Service::commit(self).map_err(|_| CommitFailed { kind: A::KIND })
+    }
+}
+
+impl<A: Services, B: Services> Services for (A, B) {
+    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool {
+        self.0.handle_message(now, kind, from, payload)
+            || self.1.handle_message(now, kind, from, payload)
+    }
+
+    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
+        self.0.handle_timeout(now, rng);
+        self.1.handle_timeout(now, rng);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)> {
+        self.0
+            .poll_transmit(now, buffer)
+            .or_else(|| self.1.poll_transmit(now, buffer))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        earliest(self.0.poll_timeout(), self.1.poll_timeout())
+    }
+
+    fn commit(&mut self) -> Result<(), CommitFailed> {
+        let first = self.0.commit();
+        let second = self.1.commit();
+        first.and(second)
+    }
+}

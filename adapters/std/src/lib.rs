@@ -11,6 +11,7 @@
 
 #[cfg(unix)]
 pub mod file;
+pub mod incarnation;
 
 #[cfg(unix)]
 pub use file::{FileError, FileOptions, FileStorage, DATA_FILE_NAME, LOCK_FILE_NAME};
