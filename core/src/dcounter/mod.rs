@@ -452,6 +452,22 @@ impl<
         &self.log
     }
 
+    /// Gives the storage and buffer back, dropping what was not committed (as a crash would).
+    pub fn into_parts(self) -> (S, B) {
+        self.log.into_parts()
+    }
+
+    /// Commits what is staged and marks a clean shutdown in the same sync, so that the next
+    /// open appends in place (see [`Log::close`]). Replies still queued are not sent.
+    pub fn close(mut self) -> Result<(), CommitError<S::Error>> {
+        if let Some(checkpoint) = self.pending_release.take() {
+            self.log
+                .release_before(checkpoint)
+                .map_err(CommitError::Sync)?;
+        }
+        self.log.close().map_err(CommitError::Sync)
+    }
+
     /// Adds `by` to this node's count as a local call (no client): staged now, durable and
     /// acknowledged when the next [`Service::commit`] returns. Returns the node's new view.
     pub fn incr(&mut self, by: u64) -> Result<u64, Refusal> {
