@@ -5,15 +5,22 @@
 //!
 //! - [`rng`]: [`SimRng`], the seeded generator every simulated component draws from;
 //! - [`storage`]: [`SimStorage`], a [`bedrock::storage::Storage`] with power cuts (unsynced writes
-//!   dropped or torn at any byte), crash-point enumeration, and injected faults.
+//!   dropped or torn at any byte), crash-point enumeration, and injected faults;
+//! - [`net`]: [`SimNetwork`], a network of [`bedrock::net::Datagram`] endpoints ([`SimEndpoint`])
+//!   with a virtual clock, seeded loss, duplication, reordering, delay and corruption, partitions,
+//!   down endpoints, and counters per cause and per endpoint.
 //!
-//! Not provided (yet): the simulated network, virtual clock and cluster harness.
+//! Not provided (yet): the cluster harness.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod net;
 pub mod rng;
 pub mod storage;
 
+pub use net::{
+    EndpointCounters, NetCounters, NetFaults, SimEndpoint, SimNetwork, INBOX_CAPACITY_DEFAULT,
+};
 pub use rng::SimRng;
 pub use storage::{
     CrashMode, OpKind, OpRecord, SimCounters, SimError, SimFaults, SimStorage, TornSpec,

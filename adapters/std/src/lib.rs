@@ -3,15 +3,25 @@
 //! - [`file`](mod@file): [`FileStorage`], the [`bedrock::storage::Storage`] contract over one preallocated
 //!   file in a locked data directory, with `fdatasync` and poisoning after any failed write or
 //!   sync.
+//! - [`udp`]: [`UdpDatagram`], the [`bedrock::net::Datagram`] contract over a non-blocking UDP
+//!   socket, with truncation reported and a `poll(2)`-based [`UdpDatagram::wait`].
+//! - [`clock`]: [`MonotonicClock`], core's [`bedrock::time::Instant`] from the monotonic clock.
 //!
-//! Not provided (yet): UDP sockets, the monotonic clock and the event-loop driver.
-// One audited `unsafe` call (a read-ahead hint, `posix_fadvise`) is allowed where it stands.
+//! - [`incarnation`]: the number a node bumps durably at every start.
+// Two audited `unsafe` calls are allowed where they stand: a read-ahead hint (`posix_fadvise`)
+// and the wait for a readable socket (`poll`).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod clock;
 #[cfg(unix)]
 pub mod file;
 pub mod incarnation;
+#[cfg(unix)]
+pub mod udp;
 
+pub use clock::MonotonicClock;
 #[cfg(unix)]
 pub use file::{FileError, FileOptions, FileStorage, DATA_FILE_NAME, LOCK_FILE_NAME};
+#[cfg(unix)]
+pub use udp::UdpDatagram;
