@@ -28,7 +28,6 @@ pub mod kind {
 
 /// The sender of a message, as the wire envelope authenticated it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Peer {
     /// The network address replies go to.
     pub addr: SocketAddr,

@@ -38,7 +38,7 @@ mod message;
 #[cfg(test)]
 mod tests;
 
-pub use message::{Message, Refusal, ENTRIES_MAX, ENTRY_LEN_MAX};
+pub use message::{decode, encode, Malformed, Message, Refusal, ENTRIES_MAX, ENTRY_LEN_MAX};
 
 use core::time::Duration;
 
@@ -450,6 +450,11 @@ impl<
     /// The log underneath.
     pub fn log(&self) -> &Log<S, B> {
         &self.log
+    }
+
+    /// The storage, mutable: see [`Log::storage_mut`].
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.log.storage_mut()
     }
 
     /// Gives the storage and buffer back, dropping what was not committed (as a crash would).

@@ -566,6 +566,13 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         &self.storage
     }
 
+    /// The storage, mutable: for a simulator arming a power cut or injecting faults, like
+    /// `BufWriter::get_mut`. Writing, erasing or syncing through it behind the log's back voids
+    /// the log's guarantees.
+    pub fn storage_mut(&mut self) -> &mut S {
+        &mut self.storage
+    }
+
     /// Gives the storage and buffer back.
     pub fn into_parts(self) -> (S, B) {
         (self.storage, self.buffer)
