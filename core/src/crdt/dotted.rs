@@ -76,6 +76,7 @@ impl<const N: usize, const D: usize> DottedVersionVector<N, D> {
         if dot.counter == self.vector.get(dot.node) + 1 {
             self.vector.add(dot.node, 1)?;
             self.absorb_contiguous(dot.node);
+            debug_assert!(self.is_canonical());
             return Ok(());
         }
         match self.cloud.binary_search(&dot) {
@@ -146,6 +147,7 @@ impl<const N: usize, const D: usize> DottedVersionVector<N, D> {
         }
         self.vector = vector;
         self.cloud = cloud;
+        debug_assert!(self.is_canonical());
         Ok(())
     }
 

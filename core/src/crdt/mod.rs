@@ -18,6 +18,27 @@
 //!   trailing bytes): a decoded state re-encodes to the very bytes it came from.
 //! - No loop without a bound, no recursion, checked arithmetic throughout.
 //!
+//! # Bytes
+//!
+//! The states are postcard values (SPEC.md §1): varints in their shortest form, a
+//! `heapless::Vec` as a varint length then its elements, a struct as its fields in order.
+//!
+//! ```text
+//! MaxMap, VersionVector  count, then count × (node: varint u32, value: varint u64);
+//!                        nodes strictly increasing, no value 0
+//! GCounter               MaxMap
+//! PnCounter              increments: MaxMap, decrements: MaxMap
+//! Dot                    node: varint u32, counter: varint u64
+//! DottedVersionVector    vector: MaxMap, then count, then count × Dot;
+//!                        dots strictly increasing, each counter ≥ vector[node] + 2
+//! MvRegister             count, then count × (Dot, V) with dots strictly increasing and each
+//!                        in the context; then context: DottedVersionVector
+//! ```
+//!
+//! Golden vector (`a_register_has_the_documented_bytes`): a `MvRegister<u16, ..>` holding 300
+//! written as 1:1 and 7 written as 2:3, with the context {1: 1} plus the dot 2:3, is
+//! `02 01 01 ac 02 02 03 07 01 01 01 01 02 03`.
+//!
 //! # Not provided here
 //!
 //! - Garbage collection of departed nodes: a node id, once seen, keeps its entry forever, so the
@@ -139,5 +160,29 @@ impl postcard::ser_flavors::Flavor for SameBytes<'_> {
 
     fn finalize(self) -> postcard::Result<bool> {
         Ok(self.position == self.expected.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_support::encode;
+
+    #[test]
+    fn a_register_has_the_documented_bytes() {
+        type Register = MvRegister<u16, 4, 4, 4>;
+        let empty = DottedVersionVector::new();
+        let mut a = Register::new();
+        a.write(NodeId(1), 300, &empty).unwrap();
+        let mut b = Register::new();
+        b.write(NodeId(2), 5, &empty).unwrap();
+        b.write(NodeId(2), 6, &empty).unwrap();
+        let delta = b.write(NodeId(2), 7, &empty).unwrap();
+        a.merge(&delta).unwrap();
+        let golden = [
+            0x02, 0x01, 0x01, 0xac, 0x02, 0x02, 0x03, 0x07, 0x01, 0x01, 0x01, 0x01, 0x02, 0x03,
+        ];
+        assert_eq!(encode(&a), golden);
+        assert_eq!(Register::decode(&golden), Ok(a));
     }
 }

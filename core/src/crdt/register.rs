@@ -124,6 +124,7 @@ where
             .map_err(|_| CrdtError::Capacity)?;
         self.siblings = siblings;
         self.context = context;
+        debug_assert!(self.is_canonical());
         Ok(delta)
     }
 
@@ -173,6 +174,7 @@ where
         }
         self.siblings = siblings;
         self.context = context;
+        debug_assert!(self.is_canonical());
         Ok(())
     }
 
