@@ -1,14 +1,15 @@
 //! Dots and the dotted version vector: a causal context that can hold events out of order.
 //!
-//! The structure is the *compact causal context* of delta-state CRDTs (Almeida, Shoker and
-//! Baquero, "Delta state replicated data types", J. Parallel Distrib. Comput. 2018, §7): a
-//! version vector for the events seen contiguously from each node's first, plus a "dot cloud"
-//! for events seen out of order; a dot that becomes contiguous with the vector is folded into
-//! it. The same clock serves the dotted version vector sets of Almeida, Baquero, Gonçalves,
+//! The structure is the causal context of delta-state CRDTs (Almeida, Shoker and Baquero,
+//! "Delta state replicated data types", J. Parallel Distrib. Comput. 2018) in the compact form
+//! of Baquero's reference implementation (`dotcontext` in delta-enabled-crdts): a version vector
+//! for the events seen contiguously from each node's first, plus a "dot cloud" for events seen
+//! out of order; a dot that becomes contiguous with the vector is folded into it. The dotted
+//! version vector of Preguiça, Baquero, Almeida, Fonte and Gonçalves ("Dotted version vectors:
+//! logical clocks for optimistic replication", 2010) is the special case of a vector plus one
+//! dot; here the cloud holds up to `D` dots, as the clocks of Almeida, Baquero, Gonçalves,
 //! Preguiça and Fonte ("Scalable and accurate causality tracking for eventually consistent
-//! stores", DAIS 2014). The dotted version vector of Preguiça, Baquero, Almeida, Fonte and
-//! Gonçalves ("Dotted version vectors: logical clocks for optimistic replication", 2010) is the
-//! special case of a vector and at most one dot; here the cloud holds up to `D` dots.
+//! stores", DAIS 2014) need once deltas arrive out of order.
 
 use super::{decode_exact, Causality, CrdtError, NodeId, VersionVector};
 use heapless::Vec;

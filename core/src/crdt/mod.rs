@@ -7,16 +7,17 @@
 //! - `merge` is commutative, associative and idempotent for every type here, and every state is
 //!   canonical: entries, dots and siblings are kept sorted, so two replicas that merged the same
 //!   states in any order hold the same value and the same postcard bytes.
-//! - Deltas: [`GCounter::delta`] and the delta returned by [`MvRegister::write`] merge into any
-//!   replica exactly as the operation that produced them; deltas may be lost, repeated or
-//!   reordered (a replica that misses one is repaired by a later full state).
+//! - Deltas: [`GCounter::delta`], [`PnCounter::delta`] and the delta returned by
+//!   [`MvRegister::write`] are small states with the effect of the operations they stand for:
+//!   the replica's state before the operation merged with the delta equals its state after.
+//!   Deltas may be lost, repeated or reordered; a later full state repairs a lost one.
 //! - No allocation: every capacity is a const generic. An operation whose result would need more
 //!   room fails with [`CrdtError::Capacity`] and changes nothing; a count that would overflow
 //!   fails with [`CrdtError::Overflow`] and changes nothing.
 //! - Decoding untrusted bytes (`decode` on each type) never panics and accepts only the canonical
 //!   bytes of a valid state (sorted, no duplicates, no redundant entry, minimal varints, no
 //!   trailing bytes): a decoded state re-encodes to the very bytes it came from.
-//! - No loop without a bound, no recursion, checked arithmetic throughout.
+//! - No loop without a bound, no recursion; every sum is checked or bounded by a comparison.
 //!
 //! # Bytes
 //!

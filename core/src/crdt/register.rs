@@ -2,9 +2,10 @@
 //! read them replaces them.
 //!
 //! This is the optimized multi-value register of delta-state CRDTs (Almeida, Shoker and
-//! Baquero, "Delta state replicated data types", 2018, §6.2: a map from dots to values plus a
-//! causal context), the design of Riak's dotted version vector sets. A sibling survives a merge
-//! unless the other side's context has seen its dot and the other side no longer holds it.
+//! Baquero, "Delta state replicated data types", 2018): a map from dots to values plus a causal
+//! context ([`DottedVersionVector`]), which behaves as Riak's siblings under dotted version
+//! vectors. A sibling survives a merge unless the other side's context has seen its dot and
+//! the other side no longer holds it.
 
 use super::{decode_exact, CrdtError, Dot, DottedVersionVector, NodeId};
 use core::cmp::Ordering;
