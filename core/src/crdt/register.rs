@@ -85,8 +85,8 @@ where
     /// recorded as `node`'s next event.
     ///
     /// Returns the delta: a small state that, merged into any replica, has the effect of this
-    /// write (`state ⊔ delta` equals this register after the write). Drop it when replicating
-    /// whole states.
+    /// write (this register before the write, merged with the delta, equals it after). Drop it
+    /// when replicating whole states.
     ///
     /// Errors, with nothing changed: [`CrdtError::Capacity`] when the siblings, the context or
     /// the delta's context would not fit; [`CrdtError::Overflow`] when `node`'s counter is at
@@ -116,7 +116,7 @@ where
                 push(&mut siblings, *old, old_value)?;
             }
         }
-        // The dot is new to every sibling's context, so no sibling has it.
+        // The dot is new to the context, which holds every sibling's dot: no sibling has it.
         let index = siblings
             .binary_search_by_key(&dot, |(old, _)| *old)
             .unwrap_or_else(|index| index);
