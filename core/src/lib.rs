@@ -11,7 +11,7 @@
 //! - [`frame`] — the CRC-checked frame format (see SPEC.md);
 //! - [`log`] — a segmented append-only log with crash recovery and space reclamation;
 //! - [`counter`] — the durable counter built on the log;
-//! - [`crdt`] — state-based CRDTs: version vector, grow-only and positive-negative counters;
+//! - [`crdt`] — state-based CRDTs: version vector, counters, dotted version vector, multi-value register;
 //! - [`time`], [`rng`], [`net`] — time, randomness and the datagram contract, all inputs;
 //! - [`service`] — the sans-IO shape of networked services.
 #![no_std]
