@@ -26,7 +26,8 @@ fn wire(plaintext: bool, node: NodeId) -> FuzzWire {
         return Wire::plaintext(CLUSTER, node, 7);
     }
     let mut keys = Keyring::new(Key::new(1, [0x42; 32]));
-    keys.add(Key::new(2, [0x43; 32])).expect("room for two keys");
+    keys.add(Key::new(2, [0x43; 32]))
+        .expect("room for two keys");
     Wire::encrypted(CLUSTER, node, 7, keys)
 }
 
@@ -39,7 +40,10 @@ fn open_arbitrary(receiver: &mut FuzzWire, datagram: &[u8]) {
             assert_eq!(opened.kind, header.kind);
             assert_eq!(opened.sender, header.sender);
             assert_ne!(opened.sender, RECEIVER);
-            assert_eq!((opened.incarnation, opened.counter), (header.incarnation, header.counter));
+            assert_eq!(
+                (opened.incarnation, opened.counter),
+                (header.incarnation, header.counter)
+            );
             assert_eq!(header.plaintext, receiver.is_plaintext());
             assert_eq!(opened.payload.len() + receiver.overhead(), datagram.len());
             assert_eq!(*receiver.rejections(), before);
@@ -59,11 +63,16 @@ fn seal_and_open(plaintext: bool, payload: &[u8], flip: usize) {
     let mut receiver = wire(plaintext, RECEIVER);
     let mut out = vec![0u8; OVERHEAD + payload.len()];
     out[HEADER_LEN..HEADER_LEN + payload.len()].copy_from_slice(payload);
-    let len = sender.seal(0x10, &mut out, payload.len()).expect("the buffer fits");
+    let len = sender
+        .seal(0x10, &mut out, payload.len())
+        .expect("the buffer fits");
     out.truncate(len);
     let mut damaged = out.clone();
     damaged[flip % len] ^= 1 << (flip / len % 8);
-    assert!(receiver.open(&mut damaged).is_err(), "a flipped bit is refused");
+    assert!(
+        receiver.open(&mut damaged).is_err(),
+        "a flipped bit is refused"
+    );
     let opened = receiver.open(&mut out).expect("a sealed envelope opens");
     assert_eq!(opened.payload, payload);
 }
