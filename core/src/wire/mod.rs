@@ -316,7 +316,9 @@ pub enum SealError {
 
 /// One node's envelope state: its identity, its keys (or plaintext mode), its send counter, the
 /// replay table of up to `SENDERS` senders and the rejection counters.
-#[derive(Debug, Clone)]
+///
+/// Deliberately not `Clone`: two copies would seal with the same counters, reusing nonces.
+#[derive(Debug)]
 pub struct Wire<const K: usize, const SENDERS: usize> {
     cluster: u32,
     sender: NodeId,
