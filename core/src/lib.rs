@@ -13,7 +13,8 @@
 //! - [`counter`] — the durable counter built on the log;
 //! - [`crdt`] — state-based CRDTs: version vector, counters, dotted version vector, multi-value register;
 //! - [`time`], [`rng`], [`net`] — time, randomness and the datagram contract, all inputs;
-//! - [`service`] — the sans-IO shape of networked services.
+//! - [`service`] — the sans-IO shape of networked services;
+//! - [`wire`] — the wire envelope: ChaCha20-Poly1305 under a cluster keyring, replay window (see SPEC.md).
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -33,3 +34,4 @@ pub mod rng;
 pub mod service;
 pub mod storage;
 pub mod time;
+pub mod wire;

@@ -5,8 +5,10 @@
 
 use bedrock::checksum::crc32c;
 use bedrock::counter::{Counter, CounterConfig};
+use bedrock::crdt::NodeId;
 use bedrock::frame::{self, Frame, Header};
 use bedrock::storage::RamStorage;
+use bedrock::wire::{self, Keyring, Wire};
 
 /// CRC-32C of "123456789", the catalogue's check value.
 const CRC32C_CHECK: u32 = 0xE306_9283;
@@ -303,4 +305,135 @@ fn the_golden_counter_image_is_what_a_fresh_counter_writes() {
         written[end..].iter().all(|&byte| byte == erased),
         "erased after"
     );
+}
+
+/// Builds the wire a golden envelope block describes: encrypted under its `key` lines (a key
+/// file, `|` separating lines) or, for `key -`, plaintext.
+fn envelope_wire(vector: &Block, node: NodeId, incarnation: u32) -> Result<Wire<4, 4>, String> {
+    let name = vector.get("name");
+    let cluster: u32 = vector
+        .number("cluster")
+        .try_into()
+        .expect("cluster is a u32");
+    match vector.get("mode") {
+        "plaintext" => Ok(Wire::plaintext(cluster, node, incarnation)),
+        "encrypted" => {
+            let text = vector.get("keys").replace('|', "\n");
+            let keys = Keyring::parse(&text).map_err(|error| format!("{name}: {error}"))?;
+            Ok(Wire::encrypted(cluster, node, incarnation, keys))
+        }
+        other => Err(format!("{name}: mode {other:?}")),
+    }
+}
+
+/// Checks one golden envelope in both directions: its bytes open to its fields, and sealing its
+/// fields gives its bytes.
+fn check_envelope_vector(vector: &Block) -> Result<(), String> {
+    let name = vector.get("name");
+    let kind: u8 = vector.number("kind").try_into().expect("kind is a byte");
+    let sender = NodeId(vector.number("sender").try_into().expect("sender is a u32"));
+    let incarnation: u32 = vector.number("incarnation").try_into().expect("a u32");
+    let counter: u32 = vector.number("counter").try_into().expect("a u32");
+    let key_id: u8 = vector.number("key_id").try_into().expect("a byte");
+    let payload = parse_hex(vector.get("payload"));
+    let bytes = &vector.bytes;
+
+    let header = wire::Header::parse(bytes).map_err(|error| format!("{name}: {error}"))?;
+    let plaintext = vector.get("mode") == "plaintext";
+    ensure!(header.plaintext == plaintext, "{name}: flags");
+    ensure!(header.key_id == key_id, "{name}: key id {}", header.key_id);
+    let receiver = NodeId(sender.0.wrapping_add(1));
+    let mut wire = envelope_wire(vector, receiver, 0)?;
+    ensure!(
+        bytes.len() == wire.overhead() + payload.len(),
+        "{name}: {} bytes",
+        bytes.len()
+    );
+    if plaintext {
+        let end = wire::HEADER_LEN + payload.len();
+        ensure!(
+            bytes[end..] == crc32c(&bytes[..end]).to_le_bytes(),
+            "{name}: the trailer is not the CRC-32C of header and payload"
+        );
+    }
+    let mut copy = bytes.clone();
+    let opened = wire
+        .open(&mut copy)
+        .map_err(|error| format!("{name}: does not open: {error}"))?;
+    ensure!(
+        (
+            opened.kind,
+            opened.sender,
+            opened.incarnation,
+            opened.counter
+        ) == (kind, sender, incarnation, counter),
+        "{name}: opens to {opened:?}"
+    );
+    ensure!(opened.payload == &payload[..], "{name}: payload");
+
+    let mut wire = envelope_wire(vector, sender, incarnation)?;
+    let mut out = vec![0u8; bytes.len()];
+    for _ in 0..counter {
+        wire.seal(kind, &mut out, 0)
+            .map_err(|error| format!("{name}: {error}"))?;
+    }
+    out[wire::HEADER_LEN..wire::HEADER_LEN + payload.len()].copy_from_slice(&payload);
+    let len = wire
+        .seal(kind, &mut out, payload.len())
+        .map_err(|error| format!("{name}: does not seal: {error}"))?;
+    ensure!(
+        out[..len] == bytes[..],
+        "{name}: Wire::seal gives\n{}",
+        dump(&out[..len])
+    );
+    Ok(())
+}
+
+#[test]
+fn every_golden_envelope_in_spec_md_opens_and_seals_exactly() {
+    let vectors = blocks(&spec(), "golden-envelope");
+    assert!(
+        vectors.len() >= 2,
+        "SPEC.md has {} golden envelopes",
+        vectors.len()
+    );
+    for mode in ["encrypted", "plaintext"] {
+        assert!(
+            vectors.iter().any(|vector| vector.get("mode") == mode),
+            "SPEC.md has a {mode} golden envelope"
+        );
+    }
+    for vector in &vectors {
+        if let Err(failure) = check_envelope_vector(vector) {
+            panic!("SPEC.md disagrees with the code: {failure}");
+        }
+    }
+}
+
+#[test]
+fn a_golden_envelope_with_any_wrong_bit_fails_the_check() {
+    for vector in blocks(&spec(), "golden-envelope") {
+        for at in 0..vector.bytes.len() {
+            for bit in 0..8 {
+                let mut damaged = Block {
+                    fields: vector.fields.clone(),
+                    bytes: vector.bytes.clone(),
+                };
+                damaged.bytes[at] ^= 1 << bit;
+                let name = vector.get("name");
+                assert!(
+                    check_envelope_vector(&damaged).is_err(),
+                    "{name}: bit {bit} of byte {at} flipped passed"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn spec_md_states_the_envelope_overhead() {
+    let spec = spec();
+    assert_eq!(wire::OVERHEAD, 36);
+    assert_eq!(wire::PLAINTEXT_OVERHEAD, 24);
+    assert!(spec.contains("**36 bytes**") && spec.contains("**24 bytes**"));
 }
