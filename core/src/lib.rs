@@ -14,7 +14,9 @@
 //! - [`crdt`] — state-based CRDTs: version vector, counters, dotted version vector, multi-value register;
 //! - [`time`], [`rng`], [`net`] — time, randomness and the datagram contract, all inputs;
 //! - [`service`] — the sans-IO shape of networked services;
-//! - [`wire`] — the wire envelope: ChaCha20-Poly1305 under a cluster keyring, replay window (see SPEC.md).
+//! - [`wire`] — the wire envelope: ChaCha20-Poly1305 under a cluster keyring, replay window (see SPEC.md);
+//! - [`driver`] — one loop step of a node: open, dispatch, commit, seal, send;
+//! - [`dcounter`] — the distributed counter (G-Counter gossip, durable increments).
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -27,6 +29,7 @@ pub mod checksum;
 pub mod counter;
 pub mod crdt;
 pub mod dcounter;
+pub mod driver;
 pub mod frame;
 pub mod log;
 pub mod net;

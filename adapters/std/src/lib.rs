@@ -7,6 +7,8 @@
 //!   socket, with truncation reported and a `poll(2)`-based [`UdpDatagram::wait`].
 //! - [`clock`]: [`MonotonicClock`], core's [`bedrock::time::Instant`] from the monotonic clock.
 //!
+//! - [`node`]: [`node::EventLoop`], core's driver over the socket and the clock, with group commit.
+//! - [`client`]: a request/response client of a node (random id, retries, timeouts).
 //! - [`incarnation`]: the number a node bumps durably at every start.
 // Two audited `unsafe` calls are allowed where they stand: a read-ahead hint (`posix_fadvise`)
 // and the wait for a readable socket (`poll`).
@@ -15,8 +17,12 @@
 
 pub mod clock;
 #[cfg(unix)]
+pub mod client;
+#[cfg(unix)]
 pub mod file;
 pub mod incarnation;
+#[cfg(unix)]
+pub mod node;
 #[cfg(unix)]
 pub mod udp;
 

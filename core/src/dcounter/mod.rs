@@ -929,3 +929,33 @@ impl<
         Ok(())
     }
 }
+
+impl core::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BadPayload { sequence } => {
+                write!(f, "record {sequence} is not a valid distributed counter record")
+            }
+            Self::UnknownKind { sequence, kind } => {
+                write!(f, "record {sequence} has kind {kind}, not a distributed counter's")
+            }
+            Self::Capacity { sequence } => write!(
+                f,
+                "record {sequence} needs more nodes than the capacity, or overflows a count"
+            ),
+        }
+    }
+}
+
+impl core::error::Error for ReplayError {}
+
+impl<E: core::fmt::Display> core::fmt::Display for CommitError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Append(error) => write!(f, "appending a checkpoint failed: {error}"),
+            Self::Sync(error) => write!(f, "sync failed: {error}"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug + core::fmt::Display> core::error::Error for CommitError<E> {}

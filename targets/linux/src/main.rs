@@ -8,11 +8,13 @@
 //! `error: …` sentence on stderr and a non-zero exit status, never a panic.
 
 mod bench;
+mod cluster;
 mod error;
 mod inspect;
 mod output;
 mod store;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -65,6 +67,79 @@ enum Command {
     /// plain sequential read of the same bytes; (e) CRC-32C against memory read bandwidth.
     /// Writes about 0.8 GiB in total; the scratch directory is removed afterwards.
     Bench(BenchArgs),
+    /// Runs a cluster node: the distributed counter over authenticated UDP.
+    ///
+    /// The node gossips with its peers every 200 ms, answers clients (`bedrock counter incr
+    /// --node ADDR`), and makes every increment durable (fdatasync, shared by all requests that
+    /// arrived together) before it answers. Stops cleanly on SIGINT or SIGTERM. The data
+    /// directory holds `counter/` (the store) and `incarnation` (bumped at every start).
+    Node(NodeArgs),
+    /// Writes a new random cluster key to a new file (mode 0600).
+    ///
+    /// The file holds one line `bedrock-key-v1 ID HEX`. To rotate keys without downtime, list
+    /// the new key after the old one on every node, restart them one by one, then move it to the
+    /// first line (the key used to send), then remove the old one.
+    Keygen {
+        /// The file to create; an existing file is never overwritten.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct AccessArgs {
+    /// The cluster key file (from `bedrock keygen`).
+    #[arg(long, value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// Send and accept unauthenticated (checksummed only) datagrams instead of using a key.
+    #[arg(long)]
+    plaintext: bool,
+    /// The cluster label: nodes and clients with different labels ignore each other.
+    #[arg(long, value_name = "LABEL", default_value = "bedrock")]
+    cluster: String,
+}
+
+impl AccessArgs {
+    fn access(&self) -> cluster::Access {
+        cluster::Access {
+            cluster: self.cluster.clone(),
+            key_file: self.key_file.clone(),
+            plaintext: self.plaintext,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+struct NodeArgs {
+    /// This node's id, from 1 to 2147483647, unique in the cluster.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=0x7FFF_FFFF))]
+    id: u32,
+    /// The UDP address to listen on, e.g. 127.0.0.1:7001.
+    #[arg(long, value_name = "ADDR")]
+    listen: SocketAddr,
+    /// A peer's address; repeat for each peer.
+    #[arg(long = "peer", value_name = "ADDR")]
+    peers: Vec<SocketAddr>,
+    /// The data directory.
+    #[arg(long = "data", value_name = "DIR")]
+    data: PathBuf,
+    #[command(flatten)]
+    access: AccessArgs,
+    /// Largest datagram sent or accepted, from 508 to 65507.
+    #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u16).range(508..=65507))]
+    mtu: u16,
+}
+
+/// Where a counter command goes: a local data directory, or a running node.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false, id = "target")]
+struct TargetArgs {
+    /// The data directory of a local counter (holds `log.bedrock` and its `LOCK`).
+    #[arg(long = "data", value_name = "DIR", group = "target")]
+    dir: Option<PathBuf>,
+    /// The address of a running node (`bedrock node`) whose distributed counter to use.
+    #[arg(long, value_name = "ADDR", group = "target")]
+    node: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,19 +149,31 @@ enum CounterCommand {
     /// Creates the data directory and its store if missing. Prints a warning on stderr when
     /// recovery found a torn tail or mid-log corruption. Safe to run concurrently: a second
     /// process finds the directory locked and fails with exit status 1, changing nothing.
+    ///
+    /// With `--node ADDR`, adds through a running node instead: the node makes the increment
+    /// durable, then this prints the node's view of the cluster-wide total. The request is
+    /// retried until answered (3 s at most); a retried request is applied once.
     Incr {
         /// How much to add: a whole number from 0 to 2^64 - 1.
         #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_amount)]
         by: u64,
         #[command(flatten)]
-        data: DataArgs,
+        target: TargetArgs,
+        #[command(flatten)]
+        access: AccessArgs,
     },
     /// Prints the counter's durable value.
     ///
     /// Prints 0 for an existing directory that holds no store yet, without creating one.
     /// Fails (exit status 1) when the directory does not exist: reading never creates it, so
-    /// a mistyped path is an error rather than a silent 0.
-    Get(DataArgs),
+    /// a mistyped path is an error rather than a silent 0. With `--node ADDR`, prints the
+    /// node's view of the cluster-wide total.
+    Get {
+        #[command(flatten)]
+        target: TargetArgs,
+        #[command(flatten)]
+        access: AccessArgs,
+    },
     /// Test helper: COUNT commits of BATCH increments by 1 each, printing every acknowledged
     /// value on its own line, flushed, once it is durable.
     #[command(hide = true)]
@@ -146,13 +233,30 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
-        Command::Counter(CounterCommand::Incr { by, data }) => store::incr(&data.dir, by),
-        Command::Counter(CounterCommand::Get(data)) => store::get(&data.dir),
+        Command::Counter(CounterCommand::Incr { by, target, access }) => match target {
+            TargetArgs { dir: Some(dir), .. } => store::incr(&dir, by),
+            TargetArgs { node: Some(node), .. } => cluster::remote_incr(node, &access.access(), by),
+            _ => unreachable!("clap requires one target"),
+        },
+        Command::Counter(CounterCommand::Get { target, access }) => match target {
+            TargetArgs { dir: Some(dir), .. } => store::get(&dir),
+            TargetArgs { node: Some(node), .. } => cluster::remote_get(node, &access.access()),
+            _ => unreachable!("clap requires one target"),
+        },
         Command::Counter(CounterCommand::Hammer { data, count, batch }) => {
             store::hammer(&data.dir, count, batch)
         }
         Command::Inspect(data) => inspect::run(&data.dir),
         Command::Bench(args) => bench::run(args.dir.as_deref(), args.seconds),
+        Command::Keygen { out } => cluster::keygen(&out),
+        Command::Node(args) => cluster::node(cluster::NodeOptions {
+            id: args.id,
+            listen: args.listen,
+            peers: args.peers,
+            data: args.data,
+            access: args.access.access(),
+            mtu: usize::from(args.mtu),
+        }),
     }
 }
 
