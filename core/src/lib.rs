@@ -12,6 +12,8 @@
 //! - [`log`] — a segmented append-only log with crash recovery and space reclamation;
 //! - [`counter`] — the durable counter built on the log;
 //! - [`crdt`] — state-based CRDTs: version vector, grow-only and positive-negative counters;
+//! - [`rlog`] — the leaderless replicated log: entries with version vectors, anti-entropy,
+//!   siblings;
 //! - [`time`], [`rng`], [`net`] — time, randomness and the datagram contract, all inputs;
 //! - [`service`] — the sans-IO shape of networked services.
 #![no_std]
@@ -24,6 +26,7 @@ pub mod crdt;
 pub mod frame;
 pub mod log;
 pub mod net;
+pub mod rlog;
 pub mod rng;
 pub mod service;
 pub mod storage;
