@@ -463,3 +463,27 @@ proptest! {
             + stats.duplicates >= 1 || replica.log().next_sequence() >= 1);
     }
 }
+
+#[test]
+fn the_record_and_entry_message_match_the_spec_example() {
+    let mut area = [0u8; 32];
+    let dot = Dot {
+        origin: NodeId(1),
+        counter: 1,
+    };
+    let len = wire::encode_local(&mut area, &VersionVector::<8>::new(), dot, None, b"hi").unwrap();
+    assert_eq!(
+        &area[..len],
+        &[0x01, 0x01, 0x00, 0x02, 0x01, 0x01, 0x02, 0x68, 0x69]
+    );
+    let mut buffer = [0u8; 32];
+    let message = Message::Entry {
+        record: &area[..len],
+    };
+    let len = message.encode(&mut buffer).unwrap();
+    assert_eq!(
+        &buffer[..len],
+        &[0x01, 0x09, 0x01, 0x01, 0x00, 0x02, 0x01, 0x01, 0x02, 0x68, 0x69]
+    );
+    assert_eq!(Message::decode(&buffer[..len]), Some(message));
+}
