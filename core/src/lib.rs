@@ -12,6 +12,8 @@
 //! - [`log`] — a segmented append-only log with crash recovery and space reclamation;
 //! - [`counter`] — the durable counter built on the log;
 //! - [`crdt`] — state-based CRDTs: version vector, counters, dotted version vector, multi-value register;
+//! - [`rlog`] — the leaderless replicated log: entries with version vectors, anti-entropy,
+//!   siblings;
 //! - [`time`], [`rng`], [`net`] — time, randomness and the datagram contract, all inputs;
 //! - [`service`] — the sans-IO shape of networked services;
 //! - [`wire`] — the wire envelope: ChaCha20-Poly1305 under a cluster keyring, replay window (see SPEC.md);
@@ -33,6 +35,7 @@ pub mod driver;
 pub mod frame;
 pub mod log;
 pub mod net;
+pub mod rlog;
 pub mod rng;
 pub mod service;
 pub mod storage;

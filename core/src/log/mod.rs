@@ -31,6 +31,8 @@
 //!   checkpoint). The release is recorded in a release frame, durable with the next sync, and a
 //!   segment is erased for reuse only once its release is durable.
 //! - Appended frames collect in the lent buffer and go to storage in one write per sync.
+//! - Frames can be read back after open: [`Log::read`] at a position, [`Log::read_next`] with a
+//!   [`Cursor`] in sequence order; every frame read is checked (CRC, epoch) again.
 //! - No word is written twice between erases; every write is whole write-size words.
 //!
 //! # What it does not guarantee
@@ -42,9 +44,12 @@
 //! - Epochs are 32-bit and sequence numbers stay below 2^63: past either, appends fail with
 //!   [`AppendError::EpochsExhausted`].
 
+mod read;
 mod recover;
 mod window;
 
+#[cfg(test)]
+mod read_tests;
 #[cfg(test)]
 mod tests;
 
@@ -52,6 +57,7 @@ use crate::frame::{self, EmitError, Header};
 use crate::storage::{Geometry, GeometryError, Storage};
 use serde::{Deserialize, Serialize};
 
+pub use read::{Cursor, FrameRef, ReadError, ReadFrame};
 pub use recover::{Damage, DamageCause, Recovery};
 
 /// Kind of the frame that opens every segment.
