@@ -16,7 +16,7 @@ use bedrock::crdt::NodeId;
 use bedrock::dcounter::{self, DistributedCounter, Message};
 use bedrock::driver::Driver;
 use bedrock::net::Datagram;
-use bedrock::service::{kind, Services};
+use bedrock::service::kind;
 use bedrock::storage::Geometry;
 use bedrock::time::Instant;
 use bedrock::wire::{self, Key, Keyring, Wire};

@@ -157,3 +157,9 @@ mod tests {
         assert!(bytes.iter().any(|&byte| byte != 0));
     }
 }
+
+impl bedrock::rng::Rng for SimRng {
+    fn next_u64(&mut self) -> u64 {
+        SimRng::next_u64(self)
+    }
+}
