@@ -92,7 +92,10 @@ impl<const K: usize, const SENDERS: usize> Driver<K, SENDERS> {
     ) -> Result<Option<Instant>, CommitFailed> {
         self.stats.steps += 1;
         self.receive(now, network, services, buffer);
-        if services.poll_timeout().is_some_and(|deadline| deadline <= now) {
+        if services
+            .poll_timeout()
+            .is_some_and(|deadline| deadline <= now)
+        {
             services.handle_timeout(now, rng);
         }
         let committed = services.commit();

@@ -66,7 +66,7 @@ impl Node {
             capacity: 16 * 4096,
             erased_value: 0xFF,
         };
-        let storage = SimStorage::new(geometry, seed ^ (index as u64 + 1) * 0x9E37).unwrap();
+        let storage = SimStorage::new(geometry, seed ^ ((index as u64 + 1) * 0x9E37)).unwrap();
         let mut node = Self {
             addr: node_addr(index),
             incarnation: 0,
@@ -89,7 +89,8 @@ impl Node {
         config.log.segment_size = 4096;
         let (counter, _) = Counter::open(storage, vec![0; 8192], config, &peers)
             .unwrap_or_else(|error| panic!("node {index} failed to recover: {error}"));
-        let wire = ClusterWire::encrypted(CLUSTER, NodeId(index as u32 + 1), self.incarnation, key());
+        let wire =
+            ClusterWire::encrypted(CLUSTER, NodeId(index as u32 + 1), self.incarnation, key());
         self.running = Some((counter, Driver::new(wire)));
         self.deadline = Some(Instant::ZERO);
     }
@@ -198,7 +199,12 @@ impl Cluster {
     fn step_clients(&mut self, new_requests: bool) {
         let now = self.now();
         for client in &mut self.clients {
-            receive_replies(client, &mut self.network, &mut self.acknowledged, &mut self.buffer);
+            receive_replies(
+                client,
+                &mut self.network,
+                &mut self.acknowledged,
+                &mut self.buffer,
+            );
             if client.current.is_none() && new_requests {
                 let node = self.rng.below(NODES as u64) as usize;
                 let by = 1 + self.rng.below(1000);
@@ -209,7 +215,14 @@ impl Cluster {
             }
             if client.next_send <= now {
                 if let Some((node, request, by)) = client.current {
-                    send_request(client, &mut self.network, node, request, by, &mut self.buffer);
+                    send_request(
+                        client,
+                        &mut self.network,
+                        node,
+                        request,
+                        by,
+                        &mut self.buffer,
+                    );
                     client.next_send = now + Duration::from_millis(250);
                 }
             }
@@ -298,7 +311,9 @@ fn send_request(
     )
     .unwrap();
     let sealed = client.wire.seal(kind::COUNTER, buffer, len).unwrap();
-    let _ = network.endpoint(client.addr).send(node_addr(node), &buffer[..sealed]);
+    let _ = network
+        .endpoint(client.addr)
+        .send(node_addr(node), &buffer[..sealed]);
 }
 
 fn receive_replies(
@@ -413,5 +428,10 @@ fn five_nodes_converge_to_the_exact_sum_of_acknowledged_increments() {
         percentile(99),
         rounds.last().copied().unwrap_or(0)
     );
-    assert!(failures.is_empty(), "{} seeds failed:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} seeds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
 }

@@ -96,6 +96,12 @@ impl SimRng {
     }
 }
 
+impl bedrock::rng::Rng for SimRng {
+    fn next_u64(&mut self) -> u64 {
+        SimRng::next_u64(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,11 +161,5 @@ mod tests {
         let mut bytes = [0u8; 13];
         rng.fill_bytes(&mut bytes);
         assert!(bytes.iter().any(|&byte| byte != 0));
-    }
-}
-
-impl bedrock::rng::Rng for SimRng {
-    fn next_u64(&mut self) -> u64 {
-        SimRng::next_u64(self)
     }
 }

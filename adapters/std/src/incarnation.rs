@@ -68,7 +68,11 @@ mod tests {
         fs::write(dir.path().join(INCARNATION_FILE_NAME), "garbage").unwrap();
         let error = bump(dir.path()).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData);
-        fs::write(dir.path().join(INCARNATION_FILE_NAME), format!("{}", u32::MAX)).unwrap();
+        fs::write(
+            dir.path().join(INCARNATION_FILE_NAME),
+            format!("{}", u32::MAX),
+        )
+        .unwrap();
         assert!(bump(dir.path()).is_err());
     }
 }

@@ -15,9 +15,9 @@
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
-pub mod clock;
 #[cfg(unix)]
 pub mod client;
+pub mod clock;
 #[cfg(unix)]
 pub mod file;
 pub mod incarnation;

@@ -81,7 +81,11 @@ impl<const K: usize, const SENDERS: usize> EventLoop<K, SENDERS> {
 
     /// Runs until `stop` is set (returns `Ok`) or a service fails to sync (returns the error,
     /// after sending what the other services had to send).
-    pub fn run<S: Services>(&mut self, services: &mut S, stop: &AtomicBool) -> Result<(), LoopError> {
+    pub fn run<S: Services>(
+        &mut self,
+        services: &mut S,
+        stop: &AtomicBool,
+    ) -> Result<(), LoopError> {
         while !stop.load(Ordering::Relaxed) {
             self.iterate(services)?;
         }
@@ -93,10 +97,18 @@ impl<const K: usize, const SENDERS: usize> EventLoop<K, SENDERS> {
         let now = self.clock.now();
         let deadline = self
             .driver
-            .step(now, &mut self.socket, services, &mut self.rng, &mut self.buffer)
+            .step(
+                now,
+                &mut self.socket,
+                services,
+                &mut self.rng,
+                &mut self.buffer,
+            )
             .map_err(LoopError::Commit)?;
         let wait = deadline
-            .map_or(STOP_CHECK, |at| at.saturating_duration_since(self.clock.now()))
+            .map_or(STOP_CHECK, |at| {
+                at.saturating_duration_since(self.clock.now())
+            })
             .min(STOP_CHECK);
         if !wait.is_zero() {
             self.socket.wait(Some(wait)).map_err(LoopError::Io)?;

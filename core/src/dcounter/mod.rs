@@ -934,10 +934,16 @@ impl core::fmt::Display for ReplayError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             Self::BadPayload { sequence } => {
-                write!(f, "record {sequence} is not a valid distributed counter record")
+                write!(
+                    f,
+                    "record {sequence} is not a valid distributed counter record"
+                )
             }
             Self::UnknownKind { sequence, kind } => {
-                write!(f, "record {sequence} has kind {kind}, not a distributed counter's")
+                write!(
+                    f,
+                    "record {sequence} has kind {kind}, not a distributed counter's"
+                )
             }
             Self::Capacity { sequence } => write!(
                 f,
