@@ -2,7 +2,11 @@
 //!
 //! - `bedrock counter incr|get` — the durable counter (core's `Counter`) in a data directory;
 //! - `bedrock inspect` — lists every record of a data directory's log and what recovery found;
-//! - `bedrock bench` — throughput figures next to the raw limits measured in the same run.
+//! - `bedrock bench` — throughput figures next to the raw limits measured in the same run;
+//! - `bedrock node` — a cluster node: the distributed counter and the replicated log over UDP;
+//! - `bedrock keygen` — a cluster key file;
+//! - `bedrock counter incr|get --node ADDR`, `bedrock log append|read --node ADDR` — clients of
+//!   a node.
 //!
 //! User errors (bad arguments, a locked or missing directory, an overflowing counter) are one
 //! `error: …` sentence on stderr and a non-zero exit status, never a panic.
@@ -11,9 +15,12 @@ mod bench;
 mod cluster;
 mod error;
 mod inspect;
+mod node;
 mod output;
+mod replicated_log;
 mod store;
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -67,13 +74,24 @@ enum Command {
     /// plain sequential read of the same bytes; (e) CRC-32C against memory read bandwidth.
     /// Writes about 0.8 GiB in total; the scratch directory is removed afterwards.
     Bench(BenchArgs),
-    /// Runs a cluster node: the distributed counter over authenticated UDP.
+    /// Runs a cluster node: the distributed counter and the replicated log over authenticated
+    /// UDP.
     ///
-    /// The node gossips with its peers every 200 ms, answers clients (`bedrock counter incr
-    /// --node ADDR`), and makes every increment durable (fdatasync, shared by all requests that
-    /// arrived together) before it answers. Stops cleanly on SIGINT or SIGTERM. The data
-    /// directory holds `counter/` (the store) and `incarnation` (bumped at every start).
+    /// The node gossips counter entries with its peers every 200 ms and exchanges log entries
+    /// every 100 ms, answers clients (`bedrock counter incr --node ADDR`, `bedrock log append
+    /// --node ADDR`), and makes every increment and entry durable (fdatasync, one per service
+    /// shared by all requests that arrived together) before it answers. Logs one line on stderr
+    /// at start and one at stop. Stops cleanly on SIGINT or SIGTERM. The data directory holds
+    /// `counter/` and `log/` (the stores, 8 MiB each) and `incarnation` (bumped at every start).
+    /// Every node of a cluster must use the same --mtu and key file.
     Node(NodeArgs),
+    /// The replicated log of a running node: append entries, read them in the cluster's order.
+    ///
+    /// Every node accepts appends; nodes exchange entries until every node holds the same ones,
+    /// and reads return them in the same order on every node. Entries written concurrently (on
+    /// different nodes, without seeing each other) are kept side by side as siblings.
+    #[command(subcommand)]
+    Log(LogCommand),
     /// Writes a new random cluster key to a new file (mode 0600).
     ///
     /// The file holds one line `bedrock-key-v1 ID HEX`. To rotate keys without downtime, list
@@ -189,6 +207,47 @@ enum CounterCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Appends DATA to the node's log and prints the entry's dot `ORIGIN:COUNTER` once it is
+    /// durable on that node.
+    ///
+    /// The request is retried with the same request id until answered (3 s at most); the node
+    /// applies a retried request once. Fails (exit status 1, nothing written) when the node
+    /// refuses: data too large (512 bytes at most at the default MTU), log full, node busy.
+    Append {
+        /// The address of a running node (`bedrock node`).
+        #[arg(long, value_name = "ADDR")]
+        node: SocketAddr,
+        #[command(flatten)]
+        access: AccessArgs,
+        /// The entry's bytes (taken as given, UTF-8 or not).
+        #[arg(value_name = "DATA")]
+        data: OsString,
+    },
+    /// Prints the node's entries in the read order, one line each:
+    /// `DEPTH ORIGIN:COUNTER SIBLINGS ENCODING DATA`.
+    ///
+    /// DEPTH is the entry's causal depth and SIBLINGS how many other entries share it (written
+    /// concurrently); 0 when alone. ENCODING is `utf8` when the data is valid UTF-8 without
+    /// control characters, printed as is, else `hex` with the data in lowercase hex; the data is
+    /// the rest of the line. Pages through the log (16 entries per request) until its end.
+    Read {
+        /// The address of a running node (`bedrock node`).
+        #[arg(long, value_name = "ADDR")]
+        node: SocketAddr,
+        #[command(flatten)]
+        access: AccessArgs,
+        /// Start after this entry: `DEPTH:ORIGIN:COUNTER`, the first two fields of a printed
+        /// line (default: the beginning).
+        #[arg(long, value_name = "KEY", value_parser = replicated_log::parse_key)]
+        from: Option<bedrock::rlog::ReadKey>,
+        /// Print at most N entries.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        max: Option<u64>,
+    },
+}
+
 #[derive(Debug, Args)]
 struct DataArgs {
     /// The data directory (holds the store file `log.bedrock` and its `LOCK`).
@@ -235,12 +294,16 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Counter(CounterCommand::Incr { by, target, access }) => match target {
             TargetArgs { dir: Some(dir), .. } => store::incr(&dir, by),
-            TargetArgs { node: Some(node), .. } => cluster::remote_incr(node, &access.access(), by),
+            TargetArgs {
+                node: Some(node), ..
+            } => cluster::remote_incr(node, &access.access(), by),
             _ => unreachable!("clap requires one target"),
         },
         Command::Counter(CounterCommand::Get { target, access }) => match target {
             TargetArgs { dir: Some(dir), .. } => store::get(&dir),
-            TargetArgs { node: Some(node), .. } => cluster::remote_get(node, &access.access()),
+            TargetArgs {
+                node: Some(node), ..
+            } => cluster::remote_get(node, &access.access()),
             _ => unreachable!("clap requires one target"),
         },
         Command::Counter(CounterCommand::Hammer { data, count, batch }) => {
@@ -249,7 +312,21 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
         Command::Inspect(data) => inspect::run(&data.dir),
         Command::Bench(args) => bench::run(args.dir.as_deref(), args.seconds),
         Command::Keygen { out } => cluster::keygen(&out),
-        Command::Node(args) => cluster::node(cluster::NodeOptions {
+        Command::Log(LogCommand::Append { node, access, data }) => {
+            replicated_log::append(node, &access.access(), &data)
+        }
+        Command::Log(LogCommand::Read {
+            node,
+            access,
+            from,
+            max,
+        }) => replicated_log::read(
+            node,
+            &access.access(),
+            from.unwrap_or(bedrock::rlog::ReadKey::START),
+            max,
+        ),
+        Command::Node(args) => node::node(node::NodeOptions {
             id: args.id,
             listen: args.listen,
             peers: args.peers,
