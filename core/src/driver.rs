@@ -188,3 +188,131 @@ impl<const K: usize, const SENDERS: usize> Driver<K, SENDERS> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crdt::NodeId;
+    use crate::dcounter::{self, DistributedCounter, Message};
+    use crate::net::{Received, SendError};
+    use crate::rng::SplitMix64;
+    use crate::service::kind;
+    use crate::storage::RamStorage;
+    use crate::wire::{Key, Keyring, Rejection};
+    use std::collections::VecDeque;
+    use std::vec::Vec;
+
+    /// A network of one endpoint: datagrams pushed in are received, sent ones are kept.
+    #[derive(Default)]
+    struct Loopback {
+        inbox: VecDeque<(SocketAddr, Vec<u8>)>,
+        sent: Vec<(SocketAddr, Vec<u8>)>,
+    }
+
+    impl Datagram for Loopback {
+        type Error = ();
+
+        fn mtu(&self) -> usize {
+            1400
+        }
+
+        fn send(&mut self, to: SocketAddr, bytes: &[u8]) -> Result<(), SendError<()>> {
+            self.sent.push((to, bytes.to_vec()));
+            Ok(())
+        }
+
+        fn recv(&mut self, buffer: &mut [u8]) -> Result<Option<Received>, RecvError<()>> {
+            let Some((from, bytes)) = self.inbox.pop_front() else {
+                return Ok(None);
+            };
+            if bytes.len() > buffer.len() {
+                return Err(RecvError::Truncated { from });
+            }
+            buffer[..bytes.len()].copy_from_slice(&bytes);
+            Ok(Some(Received {
+                from,
+                len: bytes.len(),
+            }))
+        }
+    }
+
+    type Node = DistributedCounter<RamStorage<16384>, [u8; 2048], 8, 4, 8, 4>;
+
+    fn keys(secret: u8) -> Keyring<2> {
+        Keyring::new(Key::new(1, [secret; 32]))
+    }
+
+    fn incr(wire: &mut Wire<2, 4>, request: u64) -> Vec<u8> {
+        let mut buffer = [0u8; 1400];
+        let len = dcounter::encode(
+            &Message::Incr { request, by: 2 },
+            &mut buffer[wire::HEADER_LEN..1400 - wire::TAG_LEN],
+        )
+        .unwrap();
+        let sealed = wire.seal(kind::COUNTER, &mut buffer, len).unwrap();
+        buffer[..sealed].to_vec()
+    }
+
+    #[test]
+    fn bad_datagrams_are_dropped_and_counted_and_a_good_one_is_answered_after_the_sync() {
+        let client_addr: SocketAddr = "10.0.0.9:9000".parse().unwrap();
+        let storage = RamStorage::new(8, 512, 0xFF).unwrap();
+        let mut config = dcounter::Config::new(NodeId(1), 1);
+        config.log.segment_size = 2048;
+        let (mut node, _) = Node::open(storage, [0; 2048], config, &[]).unwrap();
+        let mut driver: Driver<2, 4> = Driver::new(Wire::encrypted(7, NodeId(1), 1, keys(1)));
+        let mut client = Wire::encrypted(7, NodeId(0x8000_0001), 5, keys(1));
+        let mut stranger = Wire::encrypted(7, NodeId(0x8000_0002), 5, keys(2));
+        let mut other_cluster = Wire::encrypted(8, NodeId(0x8000_0003), 5, keys(1));
+        let mut network = Loopback::default();
+        let good = incr(&mut client, 1);
+        network.inbox.push_back((client_addr, good.clone()));
+        network.inbox.push_back((client_addr, good.clone())); // replayed
+        network
+            .inbox
+            .push_back((client_addr, incr(&mut stranger, 2))); // wrong key
+        network
+            .inbox
+            .push_back((client_addr, incr(&mut other_cluster, 3)));
+        network.inbox.push_back((client_addr, good[..10].to_vec())); // truncated
+        network.inbox.push_back((client_addr, std::vec![0u8; 2000])); // larger than the MTU
+        let mut rng = SplitMix64::new(1);
+        let mut buffer = [0u8; 1400];
+        driver
+            .step(
+                Instant::ZERO,
+                &mut network,
+                &mut node,
+                &mut rng,
+                &mut buffer,
+            )
+            .unwrap();
+        let stats = driver.stats();
+        assert_eq!((stats.received, stats.rejected, stats.truncated), (5, 4, 1));
+        let rejections = driver.wire().rejections();
+        for reason in [
+            Rejection::Replayed,
+            Rejection::Forged,
+            Rejection::OtherCluster,
+            Rejection::Truncated,
+        ] {
+            assert_eq!(rejections.get(reason), 1, "{reason:?}");
+        }
+        assert_eq!(node.value(), 2, "the good increment was applied once");
+        assert_eq!(node.stats().syncs, 1, "one sync for the step");
+        let (to, reply) = network
+            .sent
+            .pop()
+            .expect("the reply was sent after the sync");
+        assert_eq!(to, client_addr);
+        let mut reply = reply;
+        let opened = client.open(&mut reply).unwrap();
+        assert_eq!(
+            dcounter::decode(opened.payload).unwrap().0,
+            Message::Value {
+                request: 1,
+                value: 2
+            }
+        );
+    }
+}
