@@ -27,6 +27,7 @@ use std::time::Duration;
 use bedrock::crdt::NodeId;
 use bedrock::dcounter::{self, DistributedCounter};
 use bedrock::driver::Driver;
+use bedrock::net::{Datagram, Received, RecvError, SendError};
 use bedrock::storage::RamStorage;
 use bedrock::time::Instant;
 use bedrock::wire::{Key, Keyring, Wire};
@@ -52,6 +53,9 @@ const ROUNDS_MAX: u64 = 300;
 /// Rounds run after convergence to measure the idle cost.
 const IDLE_ROUNDS: u64 = 5;
 const CLUSTER: u32 = 0x5CA1E;
+/// Sealed datagrams longer than this carry entries: an ack or an empty push is at most 36 bytes
+/// of envelope and 27 of message.
+const CARRIES_ENTRIES: usize = 64;
 
 const _: () = assert!(
     SEGMENT_BYTES as usize >= dcounter::checkpoint_len_max(NODES_MAX, 4) + 256,
@@ -76,18 +80,22 @@ struct Node {
 }
 
 impl Node {
-    fn new(index: usize, nodes: usize, rng: &mut SimRng) -> Self {
+    fn new(index: usize, scenario: &Scenario, increments: bool, rng: &mut SimRng) -> Self {
+        let nodes = scenario.nodes;
         let peers = random_peers(index, nodes, rng);
         let id = NodeId(index as u32 + 1);
         let mut config = dcounter::Config::new(id, 1);
         config.gossip_interval = GOSSIP_INTERVAL;
+        config.chunks_per_round = scenario.chunks_per_round;
         config.checkpoint_interval = Duration::from_secs(3600);
         config.log.segment_size = SEGMENT_BYTES;
         let storage = RamStorage::new(8, ERASE_BYTES, 0xFF).expect("a valid geometry");
         let buffer = vec![0; SEGMENT_BYTES as usize + 1024];
         let (mut counter, _) =
             Counter::open(storage, buffer, config, &peers).expect("an empty store opens");
-        counter.incr(1).expect("the first increment is staged");
+        if increments {
+            counter.incr(1).expect("the first increment is staged");
+        }
         let keys = Keyring::new(Key::new(1, [0x5A; 32]));
         Self {
             addr: node_addr(index),
@@ -119,30 +127,103 @@ struct Cluster {
     total: u64,
     converged: usize,
     buffer: Vec<u8>,
+    sizes: Sizes,
+}
+
+/// Which nodes increment at t = 0.
+#[derive(Debug, Clone, Copy)]
+enum Writers {
+    /// Every node: each must learn N entries.
+    All,
+    /// This many random nodes: the spread of a few changes.
+    Few(usize),
+}
+
+impl Writers {
+    fn choose(self, nodes: usize, rng: &mut SimRng) -> Vec<usize> {
+        match self {
+            Self::All => (0..nodes).collect(),
+            Self::Few(count) => {
+                let mut chosen = Vec::new();
+                while chosen.len() < count.min(nodes) {
+                    let index = rng.below(nodes as u64) as usize;
+                    if !chosen.contains(&index) {
+                        chosen.push(index);
+                    }
+                }
+                chosen
+            }
+        }
+    }
+
+    fn label(self) -> String {
+        match self {
+            Self::All => "all nodes increment".to_string(),
+            Self::Few(count) => format!("{count} nodes increment"),
+        }
+    }
+}
+
+/// Sizes of the datagrams that carry entries (longer than any ack or empty push).
+#[derive(Debug, Default, Clone, Copy)]
+struct Sizes {
+    count: u64,
+    bytes: u64,
+    largest: usize,
+}
+
+/// An endpoint that records the sizes of what it sends.
+struct Recording<'a, D> {
+    inner: D,
+    sizes: &'a mut Sizes,
+}
+
+impl<D: Datagram> Datagram for Recording<'_, D> {
+    type Error = D::Error;
+
+    fn mtu(&self) -> usize {
+        self.inner.mtu()
+    }
+
+    fn send(&mut self, to: SocketAddr, bytes: &[u8]) -> Result<(), SendError<Self::Error>> {
+        if bytes.len() > CARRIES_ENTRIES {
+            self.sizes.count += 1;
+            self.sizes.bytes += bytes.len() as u64;
+            self.sizes.largest = self.sizes.largest.max(bytes.len());
+        }
+        self.inner.send(to, bytes)
+    }
+
+    fn recv(&mut self, buffer: &mut [u8]) -> Result<Option<Received>, RecvError<Self::Error>> {
+        self.inner.recv(buffer)
+    }
 }
 
 impl Cluster {
-    fn new(nodes: usize, loss: f64, seed: u64) -> Self {
+    fn new(scenario: &Scenario, seed: u64) -> Self {
+        let nodes = scenario.nodes;
         let faults = NetFaults {
-            drop: loss,
+            drop: scenario.loss,
             latency_min_micros: 1_000,
             latency_max_micros: 2_000,
             ..NetFaults::NONE
         };
         let mut network = SimNetwork::new(seed).with_faults(faults);
-        let mut rng = SimRng::new(seed ^ 0x6055_1B);
+        let mut rng = SimRng::new(seed ^ 0x0060_551B);
+        let incrementing = scenario.writers.choose(nodes, &mut rng);
         let nodes: Vec<Node> = (0..nodes)
             .map(|index| {
                 network.add_endpoint(node_addr(index));
-                Node::new(index, nodes, &mut rng)
+                Node::new(index, scenario, incrementing.contains(&index), &mut rng)
             })
             .collect();
         Self {
             network,
-            total: nodes.len() as u64,
+            total: incrementing.len() as u64,
             nodes,
             converged: 0,
             buffer: vec![0; 1400],
+            sizes: Sizes::default(),
         }
     }
 
@@ -154,7 +235,10 @@ impl Cluster {
             if !due && self.network.inbox_len(node.addr) == 0 {
                 continue;
             }
-            let mut endpoint = self.network.endpoint(node.addr);
+            let mut endpoint = Recording {
+                inner: self.network.endpoint(node.addr),
+                sizes: &mut self.sizes,
+            };
             node.deadline = node
                 .driver
                 .step(
@@ -210,11 +294,16 @@ struct Outcome {
     bytes_per_node_round: f64,
     datagrams_per_node_round: f64,
     idle_bytes_per_node_round: f64,
+    /// Bytes sent per node until convergence, per entry the node had to learn.
+    bytes_per_entry_learned: f64,
+    sizes: Sizes,
     outbox_full: u64,
 }
 
-fn run(nodes: usize, loss: f64, seed: u64) -> Result<Outcome, String> {
-    let mut cluster = Cluster::new(nodes, loss, seed);
+fn run(scenario: &Scenario, seed: u64) -> Result<Outcome, String> {
+    let nodes = scenario.nodes;
+    let loss = scenario.loss;
+    let mut cluster = Cluster::new(scenario, seed);
     let give_up = Instant::ZERO + GOSSIP_INTERVAL * ROUNDS_MAX as u32;
     while cluster.converged < nodes {
         if cluster.network.now() >= give_up {
@@ -231,6 +320,7 @@ fn run(nodes: usize, loss: f64, seed: u64) -> Result<Outcome, String> {
     }
     let rounds = cluster.rounds();
     let (bytes, datagrams) = cluster.bytes_and_datagrams_sent();
+    let sizes = cluster.sizes;
     let idle_end = cluster.network.now() + GOSSIP_INTERVAL * IDLE_ROUNDS as u32;
     while cluster.network.now() < idle_end {
         cluster.step();
@@ -255,6 +345,8 @@ fn run(nodes: usize, loss: f64, seed: u64) -> Result<Outcome, String> {
         bytes_per_node_round: per_node_round(bytes, rounds),
         datagrams_per_node_round: per_node_round(datagrams, rounds),
         idle_bytes_per_node_round: per_node_round(bytes_after - bytes, idle_rounds),
+        bytes_per_entry_learned: bytes as f64 / nodes as f64 / cluster.total as f64,
+        sizes,
         outbox_full,
     })
 }
@@ -269,53 +361,102 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
     sum / f64::from(count.max(1))
 }
 
-fn report(nodes: usize, loss: f64, seeds: u64) -> Vec<String> {
+fn report(scenario: &Scenario, seeds: u64) -> Vec<String> {
+    let Scenario {
+        writers,
+        nodes,
+        loss,
+        chunks_per_round,
+    } = *scenario;
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
     for seed in 0..seeds {
-        match run(nodes, loss, seed) {
+        match run(scenario, seed) {
             Ok(outcome) => outcomes.push(outcome),
             Err(failure) => failures.push(failure),
         }
     }
-    if !outcomes.is_empty() {
-        let mut rounds: Vec<f64> = outcomes.iter().map(|outcome| outcome.rounds).collect();
-        rounds.sort_by(f64::total_cmp);
-        println!(
-            "sim_gossip_scale: N={nodes:>4} loss={:>2.0}% seeds={seeds:>2}: rounds to converge \
-             median {:5.1} p99 {:5.1} max {:5.1}; until then per node per round {:6.0} bytes \
-             in {:4.1} datagrams; idle afterwards {:4.0} bytes/node/round; outbox drops {}",
-            loss * 100.0,
-            percentile(&rounds, 50),
-            percentile(&rounds, 99),
-            rounds[rounds.len() - 1],
-            mean(outcomes.iter().map(|outcome| outcome.bytes_per_node_round)),
-            mean(
-                outcomes
-                    .iter()
-                    .map(|outcome| outcome.datagrams_per_node_round)
-            ),
-            mean(
-                outcomes
-                    .iter()
-                    .map(|outcome| outcome.idle_bytes_per_node_round)
-            ),
-            outcomes
-                .iter()
-                .map(|outcome| outcome.outbox_full)
-                .sum::<u64>(),
-        );
+    if outcomes.is_empty() {
+        return failures;
     }
+    let mut rounds: Vec<f64> = outcomes.iter().map(|outcome| outcome.rounds).collect();
+    rounds.sort_by(f64::total_cmp);
+    let average = |figure: fn(&Outcome) -> f64| mean(outcomes.iter().map(figure));
+    let (carrying, carried_bytes, largest) =
+        outcomes
+            .iter()
+            .fold((0, 0, 0), |(count, bytes, largest), outcome| {
+                let sizes = outcome.sizes;
+                (
+                    count + sizes.count,
+                    bytes + sizes.bytes,
+                    largest.max(sizes.largest),
+                )
+            });
+    println!(
+        "sim_gossip_scale: {}, {chunks_per_round} chunks/round, N={nodes:>4}, loss {:>2.0}%, \
+         {seeds:>2} seeds: rounds to converge \
+         median {:4.1} p99 {:4.1} max {:4.1}; until then per node per round {:5.0} bytes in {:4.1} \
+         datagrams, {:5.1} bytes per entry learned; datagrams carrying entries {:3.0} bytes on \
+         average, largest {largest}; afterwards {:4.0} bytes/node/round ({IDLE_ROUNDS} rounds); \
+         outbox drops {}",
+        writers.label(),
+        loss * 100.0,
+        percentile(&rounds, 50),
+        percentile(&rounds, 99),
+        rounds[rounds.len() - 1],
+        average(|outcome| outcome.bytes_per_node_round),
+        average(|outcome| outcome.datagrams_per_node_round),
+        average(|outcome| outcome.bytes_per_entry_learned),
+        carried_bytes as f64 / carrying.max(1) as f64,
+        average(|outcome| outcome.idle_bytes_per_node_round),
+        outcomes
+            .iter()
+            .map(|outcome| outcome.outbox_full)
+            .sum::<u64>(),
+    );
     failures
 }
 
-#[test]
-fn every_node_learns_every_increment_at_ten_hundred_and_a_thousand_nodes() {
+/// One simulated configuration.
+#[derive(Debug, Clone, Copy)]
+struct Scenario {
+    writers: Writers,
+    nodes: usize,
+    loss: f64,
+    /// The counter's `Config::chunks_per_round` (default 4).
+    chunks_per_round: u32,
+}
+
+fn scale(writers: Writers, chunks_per_round: u32, sizes: &[(usize, u64)]) {
     let mut failures = Vec::new();
-    for (nodes, seeds) in [(10, 20), (100, 10), (1000, 3)] {
+    for &(nodes, seeds) in sizes {
         for loss in [0.0, 0.1] {
-            failures.extend(report(nodes, loss, seeds));
+            let scenario = Scenario {
+                writers,
+                nodes,
+                loss,
+                chunks_per_round,
+            };
+            failures.extend(report(&scenario, seeds));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn every_node_learns_every_nodes_increment_at_ten_hundred_and_a_thousand_nodes() {
+    scale(Writers::All, 4, &[(10, 20), (100, 10), (1000, 3)]);
+}
+
+#[test]
+fn a_few_increments_reach_every_node_at_ten_hundred_and_a_thousand_nodes() {
+    scale(Writers::Few(5), 4, &[(10, 20), (100, 10), (1000, 3)]);
+}
+
+/// Three times the entries per round: how much of the convergence time at N = 1000 is the cap
+/// on what one round may carry.
+#[test]
+fn more_chunks_per_round_shorten_convergence_at_a_thousand_nodes() {
+    scale(Writers::All, 12, &[(1000, 1)]);
 }
