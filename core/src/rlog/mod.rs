@@ -13,10 +13,12 @@
 //!   SPEC.md section 6); RAM holds only bounded indexes ([`index`]).
 //! - Reads return the entries in one total order, the same on every replica whatever the order
 //!   they arrived in: by *causal depth* (the sum of the context, which grows along every causal
-//!   chain, so the order is consistent with causality), then by dot. Entries of equal depth are
-//!   pairwise concurrent: they are *siblings*, and each read entry says how many it has.
-//!   Concurrent writes made from the same state (the usual conflict) always are siblings;
-//!   [`resolve`] picks one of a sibling group by a rule the application chooses.
+//!   chain, so the order is consistent with causality), then by dot. Entries whose contexts are
+//!   concurrent are *siblings*, whatever their depths: the read order is cut into the smallest
+//!   runs that keep every concurrent pair together (sibling groups), and each read entry says
+//!   whether its group continues before and after it (0: concurrent with no entry). [`resolve`]
+//!   picks one entry of a group by a rule the application chooses. See [`read`] for the proof
+//!   and the cost.
 //!
 //! # Guarantees
 //!
@@ -58,12 +60,12 @@
 //! - Space reclamation: segments are never released, so when the storage log is full, appends
 //!   and received entries are refused ([`RlogError::Full`], [`Stats::refused`]); nothing already
 //!   stored is lost. Releasing a segment needs every peer's digest to cover it; not done yet.
-//! - Reads scan the whole log twice per page (bounded RAM, no per-entry index): cost grows with
-//!   the log.
-//! - Concurrent entries of different depths are ordered by depth and not marked as siblings.
+//! - Reads walk the whole live log once per page (bounded RAM, no per-entry index): cost grows
+//!   with the log.
 
+mod causal;
 pub mod index;
-mod read;
+pub mod read;
 mod sync;
 #[cfg(test)]
 mod tests;

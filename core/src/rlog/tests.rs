@@ -210,10 +210,9 @@ fn concurrent_appends_on_different_replicas_are_siblings_on_every_replica() {
     replicas[1].append(Instant::ZERO, b"merge").unwrap();
     run(&mut replicas, &mut rng, &CALM, 30, &mut clock);
     let entries = assert_converged(&mut replicas, 4);
-    for (dot, depth, siblings, _) in &entries[..3] {
-        assert_eq!((*depth, *siblings), (1, 2), "{dot:?}");
-    }
-    assert_eq!((entries[3].1, entries[3].2), (4, 0));
+    // One group of three: the first continues after, the middle both ways, the last before.
+    let flags: StdVec<(u64, u32)> = entries.iter().map(|entry| (entry.1, entry.2)).collect();
+    assert_eq!(flags, [(1, 2), (1, 3), (1, 1), (4, 0)]);
     // The application's rule picks the same winner everywhere: here, the largest data.
     let group: StdVec<ReadEntry<'_>> = entries[..3]
         .iter()
@@ -486,4 +485,142 @@ fn the_record_and_entry_message_match_the_spec_example() {
         &[0x01, 0x09, 0x01, 0x01, 0x00, 0x02, 0x01, 0x01, 0x02, 0x68, 0x69]
     );
     assert_eq!(Message::decode(&buffer[..len]), Some(message));
+}
+
+#[test]
+fn concurrent_entries_of_different_depths_are_siblings_on_every_replica() {
+    let mut rng = SplitMix64::new(11);
+    let mut replicas = cluster(3);
+    let mut clock = 0;
+    // Replica 1 writes three times while replica 2 writes once, neither hearing of the other.
+    for step in 0..3u8 {
+        replicas[0].append(Instant::ZERO, &[b'a', step]).unwrap();
+        replicas[0].commit().unwrap();
+    }
+    replicas[1].append(Instant::ZERO, b"b").unwrap();
+    replicas[1].commit().unwrap();
+    run(&mut replicas, &mut rng, &CALM, 30, &mut clock);
+    // Written after seeing everything: alone in its group.
+    replicas[2].append(Instant::ZERO, b"c").unwrap();
+    run(&mut replicas, &mut rng, &CALM, 30, &mut clock);
+    let entries = assert_converged(&mut replicas, 5);
+    let listed: StdVec<(u32, u64, u64, u32)> = entries
+        .iter()
+        .map(|(dot, depth, siblings, _)| (dot.origin.0, dot.counter, *depth, *siblings))
+        .collect();
+    // 1:3 (depth 3) is concurrent with 2:1 (depth 1): all four form one group.
+    assert_eq!(
+        listed,
+        [
+            (1, 1, 1, 2),
+            (2, 1, 1, 3),
+            (1, 2, 2, 3),
+            (1, 3, 3, 1),
+            (3, 1, 5, 0)
+        ]
+    );
+    let group: StdVec<ReadEntry<'_>> = entries[..4]
+        .iter()
+        .map(|(dot, depth, siblings, data)| ReadEntry {
+            dot: *dot,
+            depth: *depth,
+            siblings: *siblings,
+            data,
+        })
+        .collect();
+    assert!(group[0].starts_group() && group[3].ends_group());
+    assert!(group.iter().all(|entry| entry.has_siblings()));
+    let winner = resolve(&group, |a, b| a.data.cmp(b.data)).unwrap();
+    assert_eq!(winner.data, b"b");
+}
+
+/// Contexts of a random history of four writers: each step, a writer writes (its view, with
+/// its own count raised), adopts another's whole view, or adopts one origin's count only (the
+/// replicas deliver per origin, not causally).
+fn history(steps: &[(u8, u8, u8)]) -> StdVec<(Dot, VersionVector<8>)> {
+    let mut views: StdVec<VersionVector<8>> = (0..4).map(|_| VersionVector::new()).collect();
+    let mut entries = StdVec::new();
+    for &(action, writer, other) in steps {
+        let (writer, other) = (usize::from(writer % 4), usize::from(other % 4));
+        match action % 3 {
+            0 => {
+                let origin = NodeId(writer as u32 + 1);
+                let counter = views[writer].add(origin, 1).unwrap();
+                entries.push((Dot { origin, counter }, views[writer].clone()));
+            }
+            1 => {
+                let theirs = views[other].clone();
+                views[writer].merge(&theirs).unwrap();
+            }
+            _ => {
+                let origin = NodeId(other as u32 + 1);
+                let mut one = VersionVector::<8>::new();
+                one.add(origin, views[other].get(origin)).unwrap();
+                views[writer].merge(&one).unwrap();
+            }
+        }
+    }
+    entries
+}
+
+fn at_or_before(a: &VersionVector<8>, b: &VersionVector<8>) -> bool {
+    matches!(
+        a.compare(b),
+        crate::crdt::Causality::Equal | crate::crdt::Causality::Before
+    )
+}
+
+proptest! {
+    #[test]
+    fn sibling_flags_match_the_pairwise_definition(
+        steps in proptest::collection::vec((0u8..3, 0u8..4, 0u8..4), 1..60),
+        page in 1usize..6,
+    ) {
+        let entries = history(&steps);
+        let mut replica = open_replica(ram(), 0, 1);
+        for (dot, context) in &entries {
+            let mut area = [0u8; 256];
+            let len = wire::encode_local(&mut area, context, *dot, None, b"").unwrap();
+            let mut buffer = [0u8; 300];
+            let len = Message::Entry { record: &area[..len] }.encode(&mut buffer).unwrap();
+            replica.handle_message(Instant::ZERO, peer(2, 2), &buffer[..len]);
+        }
+        replica.commit().unwrap();
+        // Expected: read order by (depth, dot); a cut before i when every entry before it is
+        // at or before every entry from it on.
+        let mut ordered: StdVec<(u64, Dot, &VersionVector<8>)> = entries
+            .iter()
+            .map(|(dot, context)| (context.iter().map(|(_, count)| count).sum(), *dot, context))
+            .collect();
+        ordered.sort_by_key(|&(depth, dot, _)| (depth, dot));
+        let cut = |at: usize| {
+            ordered[..at].iter().all(|before| {
+                ordered[at..].iter().all(|after| at_or_before(before.2, after.2))
+            })
+        };
+        let mut read = StdVec::new();
+        let mut from = ReadKey::START;
+        loop {
+            let next = replica
+                .read(from, page, |entry| {
+                    read.push((entry.dot, entry.siblings));
+                    true
+                })
+                .unwrap();
+            from = next.next;
+            if next.done {
+                break;
+            }
+        }
+        prop_assert_eq!(read.len(), ordered.len());
+        for (index, &(dot, siblings)) in read.iter().enumerate() {
+            prop_assert_eq!(dot, ordered[index].1);
+            let expected = u32::from(!cut(index)) | (u32::from(!cut(index + 1)) << 1);
+            prop_assert_eq!(siblings, expected, "entry {}", index);
+            let concurrent = ordered.iter().any(|other| {
+                !at_or_before(other.2, ordered[index].2) && !at_or_before(ordered[index].2, other.2)
+            });
+            prop_assert_eq!(siblings != 0, concurrent, "entry {}", index);
+        }
+    }
 }

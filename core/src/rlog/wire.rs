@@ -1,4 +1,4 @@
-//! The replicated log's record and message formats (SPEC.md section 6).
+//! The replicated log's record and message formats (SPEC.md section 9).
 //!
 //! ```text
 //! Record (storage frame kind 32, and the body of an Entry message), postcard struct:
@@ -75,13 +75,38 @@ pub enum Refusal {
 pub struct ReadEntry<'a> {
     /// The entry's identity.
     pub dot: Dot,
-    /// Its causal depth: entries of equal depth are pairwise concurrent (siblings).
+    /// Its causal depth (the sum of its context): entries of equal depth are concurrent.
     pub depth: u64,
-    /// How many other entries share its depth: its siblings.
+    /// Where it stands in its sibling group: 0 when it is concurrent with no entry (alone in
+    /// its group); otherwise [`Self::CONTINUES_BEFORE`] and [`Self::CONTINUES_AFTER`] say
+    /// whether the group has entries before and after it in the read order.
     pub siblings: u32,
     /// The application's bytes.
     #[serde(borrow)]
     pub data: &'a [u8],
+}
+
+impl ReadEntry<'_> {
+    /// Flag of [`ReadEntry::siblings`]: the entry's sibling group has entries before it (no
+    /// cut falls just before it).
+    pub const CONTINUES_BEFORE: u32 = 1;
+    /// Flag of [`ReadEntry::siblings`]: the entry's sibling group has entries after it.
+    pub const CONTINUES_AFTER: u32 = 2;
+
+    /// True when the entry is concurrent with at least one other entry.
+    pub fn has_siblings(&self) -> bool {
+        self.siblings & (Self::CONTINUES_BEFORE | Self::CONTINUES_AFTER) != 0
+    }
+
+    /// True when the entry opens its sibling group (a group of one included).
+    pub fn starts_group(&self) -> bool {
+        self.siblings & Self::CONTINUES_BEFORE == 0
+    }
+
+    /// True when the entry closes its sibling group (a group of one included).
+    pub fn ends_group(&self) -> bool {
+        self.siblings & Self::CONTINUES_AFTER == 0
+    }
 }
 
 /// Every message of the replicated log, replica to replica and client to replica.
