@@ -226,12 +226,14 @@ enum LogCommand {
         data: OsString,
     },
     /// Prints the node's entries in the read order, one line each:
-    /// `DEPTH ORIGIN:COUNTER SIBLINGS ENCODING DATA`.
+    /// `DEPTH ORIGIN:COUNTER GROUP ENCODING DATA`.
     ///
-    /// DEPTH is the entry's causal depth and SIBLINGS how many other entries share it (written
-    /// concurrently); 0 when alone. ENCODING is `utf8` when the data is valid UTF-8 without
-    /// control characters, printed as is, else `hex` with the data in lowercase hex; the data is
-    /// the rest of the line. Pages through the log (16 entries per request) until its end.
+    /// DEPTH is the entry's causal depth. GROUP is its place in its sibling group (the smallest
+    /// run of lines keeping every pair of concurrent entries together): `alone`, or `first`,
+    /// `middle`, `last`. ENCODING is `utf8` when the data is valid UTF-8 without control
+    /// characters, printed as is, else `hex` with the data in lowercase hex; the data is the
+    /// rest of the line. Pages through the log (16 entries per request) until its end; the
+    /// order and groups are the same on every node holding the same entries.
     Read {
         /// The address of a running node (`bedrock node`).
         #[arg(long, value_name = "ADDR")]

@@ -39,8 +39,8 @@
 //!   55 000 of them; entries of 512 bytes, about 14 000.
 //! - Not provided by the core yet: space reclamation. When the log is full, appends are refused
 //!   (`bedrock log append` says so) and entries from peers are refused and counted; nothing
-//!   stored is lost. Reads scan the whole log twice per page of 16 entries, so a page of a full
-//!   store costs two 8 MiB scans of the page cache.
+//!   stored is lost. Reads walk the whole log once per page of 16 entries, so a page of a full
+//!   store costs one 8 MiB scan of the page cache.
 //! - `Rlog` has no `close()`: the log is dropped after the event loop's last commit, so every
 //!   acknowledged entry is durable, but no clean-shutdown marker is written. The next start
 //!   recovers it like after a crash, and its appends begin in a fresh segment: each restart

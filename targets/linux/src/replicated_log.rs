@@ -10,13 +10,20 @@
 //! they hold the same entries), five fields separated by single spaces:
 //!
 //! ```text
-//! DEPTH ORIGIN:COUNTER SIBLINGS ENCODING DATA
-//! 3 2:1 1 utf8 hello world
-//! 3 3:1 1 hex 00ff10
+//! DEPTH ORIGIN:COUNTER GROUP ENCODING DATA
+//! 1 1:1 alone utf8 hello world
+//! 2 1:2 first utf8 written on node 1
+//! 2 2:2 middle utf8 written on node 2 at the same time
+//! 3 3:2 last hex 00ff10
+//! 4 1:3 alone utf8 written after seeing all three
 //! ```
 //!
-//! - `DEPTH`: the entry's causal depth; `SIBLINGS`: how many other entries share it (written
-//!   concurrently, without seeing each other); 0 for an entry alone at its depth;
+//! - `DEPTH`: the entry's causal depth (entries of a causal chain have growing depths);
+//! - `GROUP`: the entry's place in its sibling group, the smallest run of lines that keeps
+//!   every pair of concurrent entries (written without seeing each other) together: `alone`
+//!   (concurrent with no entry), else `first`, `middle` or `last`. A group is what an
+//!   application resolves as one conflict; it is the same on every node holding the same
+//!   entries;
 //! - `ENCODING DATA`: `utf8` then the data as is when it is valid UTF-8 without control
 //!   characters (so a line is always one entry), else `hex` then lowercase hex; the data is the
 //!   rest of the line and may contain spaces (`cut -d' ' -f5-`); empty data leaves the line
@@ -38,7 +45,7 @@ use std::process::ExitCode;
 
 use bedrock::crdt::NodeId;
 use bedrock::rlog::wire::read_entries;
-use bedrock::rlog::{Dot, Message, ReadKey, Refusal, READ_PAGE};
+use bedrock::rlog::{Dot, Message, ReadEntry, ReadKey, Refusal, READ_PAGE};
 use bedrock::service::kind;
 use bedrock_std::client::{self, Client};
 
@@ -52,7 +59,7 @@ use crate::output;
 pub struct Entry {
     /// Its place in the read order.
     pub key: ReadKey,
-    /// Other entries of the same depth.
+    /// Its place in its sibling group: [`ReadEntry`]'s flags.
     pub siblings: u32,
     /// The application's bytes.
     pub data: Vec<u8>,
@@ -113,13 +120,25 @@ pub fn format_data(data: &[u8]) -> String {
     }
 }
 
+/// The `GROUP` field: where an entry stands in its sibling group.
+pub fn format_group(siblings: u32) -> &'static str {
+    let before = siblings & ReadEntry::CONTINUES_BEFORE != 0;
+    let after = siblings & ReadEntry::CONTINUES_AFTER != 0;
+    match (before, after) {
+        (false, false) => "alone",
+        (false, true) => "first",
+        (true, true) => "middle",
+        (true, false) => "last",
+    }
+}
+
 /// A whole read line.
 pub fn format_entry(entry: &Entry) -> String {
     format!(
         "{} {} {} {}",
         entry.key.depth,
         format_dot(entry.key.dot),
-        entry.siblings,
+        format_group(entry.siblings),
         format_data(&entry.data)
     )
 }
@@ -284,20 +303,24 @@ mod tests {
 
     #[test]
     fn text_is_printed_as_is_and_anything_else_as_hex() {
-        assert_eq!(
-            format_entry(&entry(b"hello world", 0)),
-            "3 2:7 0 utf8 hello world"
-        );
-        assert_eq!(
-            format_entry(&entry("é ü".as_bytes(), 1)),
-            "3 2:7 1 utf8 é ü"
-        );
-        assert_eq!(format_entry(&entry(b"", 0)), "3 2:7 0 utf8 ");
-        assert_eq!(
-            format_entry(&entry(b"two\nlines", 0)),
-            "3 2:7 0 hex 74776f0a6c696e6573"
-        );
-        assert_eq!(format_entry(&entry(&[0xff, 0x00], 2)), "3 2:7 2 hex ff00");
+        let line = |data: &[u8]| format_entry(&entry(data, 0));
+        assert_eq!(line(b"hello world"), "3 2:7 alone utf8 hello world");
+        assert_eq!(line("é ü".as_bytes()), "3 2:7 alone utf8 é ü");
+        assert_eq!(line(b""), "3 2:7 alone utf8 ");
+        assert_eq!(line(b"two\nlines"), "3 2:7 alone hex 74776f0a6c696e6573");
+        assert_eq!(line(b"tab\t"), "3 2:7 alone hex 74616209");
+        assert_eq!(line(&[0xff, 0x00]), "3 2:7 alone hex ff00");
+    }
+
+    #[test]
+    fn the_group_field_names_the_place_in_the_sibling_group() {
+        let before = ReadEntry::CONTINUES_BEFORE;
+        let after = ReadEntry::CONTINUES_AFTER;
+        assert_eq!(format_group(0), "alone");
+        assert_eq!(format_group(after), "first");
+        assert_eq!(format_group(before | after), "middle");
+        assert_eq!(format_group(before), "last");
+        assert_eq!(format_entry(&entry(b"x", after)), "3 2:7 first utf8 x");
     }
 
     #[test]

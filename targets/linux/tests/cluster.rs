@@ -468,10 +468,17 @@ impl Expected {
             .is_some_and(|extra| self.extra.contains(&extra))
     }
 
-    /// Whether a read listing holds every acknowledged append once, and nothing never sent.
+    /// Whether a read listing holds every acknowledged append once, and nothing never sent,
+    /// in well-formed sibling groups.
     fn log_ok(&self, listing: &str) -> bool {
         let mut seen = BTreeSet::new();
+        let mut in_group = false;
         for line in listing.lines() {
+            in_group = match (in_group, line.split(' ').nth(2)) {
+                (false, Some("alone")) | (true, Some("last")) => false,
+                (false, Some("first")) | (true, Some("middle")) => true,
+                _ => return false,
+            };
             let Some(data) = line.splitn(5, ' ').nth(4) else {
                 return false;
             };
@@ -480,7 +487,7 @@ impl Expected {
                 return false;
             }
         }
-        self.acked_entries.is_subset(&seen)
+        !in_group && self.acked_entries.is_subset(&seen)
     }
 }
 
