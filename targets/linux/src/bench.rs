@@ -13,6 +13,12 @@
 //!   against a plain sequential read of the same bytes with a 4 MiB buffer, both with the page
 //!   cache dropped when possible, and both warm.
 //! - (e) CRC-32C over 64 MiB against the memory read bandwidth of one core.
+//! - (f) durable increments per second through one node (event loop, UDP on 127.0.0.1,
+//!   encrypted envelopes, the distributed counter on `FileStorage`) from 1, 16 and 64
+//!   concurrent clients, against (a) run in turns with each level; see
+//!   [`node_load`].
+
+mod node_load;
 
 use std::fs::{self, File, OpenOptions};
 use std::hint::black_box;
@@ -85,6 +91,11 @@ pub fn run(dir: Option<&Path>, seconds: f64) -> Result<ExitCode, Error> {
     ));
     let syncs = sync_figures(scratch.path(), budget)?;
     progress(format_args!(
+        "f: one node, {:?} concurrent UDP clients",
+        node_load::LEVELS
+    ));
+    let node = node_load::figures(scratch.path(), budget)?;
+    progress(format_args!(
         "d: writing a {} MiB log",
         (REPLAY_FRAMES * 4096) >> 20
     ));
@@ -92,12 +103,14 @@ pub fn run(dir: Option<&Path>, seconds: f64) -> Result<ExitCode, Error> {
     progress(format_args!("e: CRC-32C and memory read"));
     let crc = crc_figure(budget);
 
-    let rows = table(&syncs, &replay, crc);
+    let mut rows = table(&syncs, &replay, crc);
+    rows.extend(node_rows(&node));
     for line in render(&rows) {
         output::line(line)?;
     }
     output::line("")?;
-    for line in syncs.notes().into_iter().chain(replay.notes()) {
+    let notes = syncs.notes().into_iter().chain(replay.notes());
+    for line in notes.chain(node_notes(&node)) {
         output::line(line)?;
     }
     output::line(format!("load average {} at the end", load_average()))?;
@@ -357,6 +370,11 @@ impl RawSync {
             frame: counter_frame(),
             offset: 0,
         })
+    }
+
+    /// Steps for `budget`.
+    fn run_for(&mut self, budget: Duration) -> Result<Rate, Error> {
+        for_duration(budget, 1, || self.step())
     }
 
     fn step(&mut self) -> Result<(), Error> {
@@ -911,6 +929,62 @@ fn table(syncs: &SyncFigures, replay: &ReplayFigures, crc: CrcFigures) -> Vec<Ro
         result: "-".to_string(),
     });
     rows
+}
+
+fn node_rows(levels: &[node_load::Level]) -> Vec<Row> {
+    levels
+        .iter()
+        .map(|level| {
+            let raw = level.raw.per_second();
+            let ratio = median_of(&level.ratios);
+            let plural = if level.clients == 1 { "" } else { "s" };
+            Row {
+                figure: format!("f. node, {} UDP client{plural}", level.clients),
+                measured: format!("{:.0} incr/s", level.per_second()),
+                limit: format!("{raw:.0} ops/s (a)"),
+                ratio: format!("{ratio:.2}x"),
+                goal: "-",
+                result: "-".to_string(),
+            }
+        })
+        .collect()
+}
+
+fn node_notes(levels: &[node_load::Level]) -> Vec<String> {
+    let mut notes = vec![
+        "f: one node on 127.0.0.1 (event loop thread, encrypted envelopes, distributed counter on \
+         an 8 MiB FileStorage of 64 KiB segments, a checkpoint every 1024 increments); one \
+         client thread, each client a socket keeping one Incr outstanding, answered after its \
+         fdatasync"
+            .to_string(),
+        format!(
+            "f: per level, {} rounds of (a) for a quarter of the round, then the clients for the \
+             rest; ratios are medians of the per-round ratios",
+            node_load::ROUNDS
+        ),
+    ];
+    for level in levels {
+        notes.push(format!(
+            "f: {:>2} clients: {:.0} incr/s in {:.0} syncs/s, {:.1} increments per sync; \
+             latency p50 {:.0} us, p99 {:.0} us; {} requests sent again; (a) in its turns {:.0} \
+             ops/s; per-round ratios {}",
+            level.clients,
+            level.per_second(),
+            level.syncs_per_second(),
+            level.increments_per_sync(),
+            level.latency(50).as_secs_f64() * 1e6,
+            level.latency(99).as_secs_f64() * 1e6,
+            level.retries,
+            level.raw.per_second(),
+            level
+                .ratios
+                .iter()
+                .map(|ratio| format!("{ratio:.2}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    notes
 }
 
 fn replay_row(cache: &str, (replayed, read, ratio): (f64, f64, f64)) -> Row {
