@@ -35,8 +35,9 @@
 //!   log's version vectors hold [`LOG_ORIGINS_MAX`] = 64 writing nodes; an append whose record
 //!   (data plus context) passes 1024 bytes is refused as too large.
 //! - Capacity: a frame is 28 bytes of header and checksum plus the record, padded to 8 bytes.
-//!   An entry of 100 data bytes among 3 origins takes about 150 bytes, so the store holds about
-//!   55 000 of them; entries of 512 bytes, about 14 000.
+//!   The record adds about 22 bytes to the data with one origin, 2 to 4 per further origin: an
+//!   entry of 100 data bytes among 3 origins takes about 160 bytes, so the store holds about
+//!   50 000 of them; entries of 512 bytes, about 14 000.
 //! - Not provided by the core yet: space reclamation. When the log is full, appends are refused
 //!   (`bedrock log append` says so) and entries from peers are refused and counted; nothing
 //!   stored is lost. Reads walk the whole log once per page of 16 entries, so a page of a full

@@ -168,9 +168,9 @@ impl Node {
         self.reader.take().unwrap().join().unwrap();
     }
 
-    /// SIGTERM, then wait for a clean exit.
-    fn terminate(&mut self) {
-        send_signal(self.pid(), libc::SIGTERM);
+    /// `signal` (SIGTERM or SIGINT), then wait for a clean exit.
+    fn stop(&mut self, signal: libc::c_int) {
+        send_signal(self.pid(), signal);
         let mut child = self.child.take().unwrap();
         let until = Instant::now() + DEADLINE;
         let status = loop {
@@ -180,7 +180,7 @@ impl Node {
             if Instant::now() > until {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("node {} did not stop on SIGTERM", self.id);
+                panic!("node {} did not stop on signal {signal}", self.id);
             }
             thread::sleep(Duration::from_millis(20));
         };
@@ -559,6 +559,24 @@ fn three_nodes_converge_after_one_is_killed_mid_traffic() {
     assert!(line.contains("is locked by another process"), "{line}");
     assert!(line.ends_with(&format!("(pid {pid})")), "{line}");
 
+    // An entry larger than a node takes is refused, and nothing is written.
+    let large = "x".repeat(600);
+    let args = [
+        "log",
+        "append",
+        "--node",
+        &cluster.addr(0),
+        "--key-file",
+        &cluster.key(),
+        &large,
+    ];
+    let line = assert_one_error_line(&bedrock(&args), 1);
+    assert!(
+        line.starts_with("error: the node refused the entry as too large: 600 bytes"),
+        "{line}"
+    );
+    assert!(line.ends_with("nothing was written"), "{line}");
+
     let traffic = Traffic::start(&cluster);
     for index in 0..3 {
         traffic.wait_for(index, 6);
@@ -593,8 +611,12 @@ fn three_nodes_converge_after_one_is_killed_mid_traffic() {
     let prefix = format!("error: no reply from {} within 3.0 s: ", cluster.addr(0));
     assert!(line.starts_with(&prefix), "{line}");
 
-    for node in &mut cluster.nodes {
-        node.terminate();
+    for (node, signal) in cluster
+        .nodes
+        .iter_mut()
+        .zip([libc::SIGTERM, libc::SIGINT, libc::SIGTERM])
+    {
+        node.stop(signal);
     }
     check_stderr(&cluster);
     let timeouts = requests
