@@ -325,7 +325,8 @@ fn client(args: &[&str]) -> bool {
 struct Traffic {
     stop: Arc<AtomicBool>,
     acked: Arc<[AtomicUsize; 3]>,
-    threads: Vec<JoinHandle<Vec<Request>>>,
+    /// Each thread's requests and its slowest one.
+    threads: Vec<JoinHandle<(Vec<Request>, Duration)>>,
 }
 
 impl Traffic {
@@ -337,12 +338,14 @@ impl Traffic {
                 let (addr, key) = (cluster.addr(index), cluster.key());
                 let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
                 thread::spawn(move || {
-                    let mut requests = Vec::new();
+                    let (mut requests, mut slowest) = (Vec::new(), Duration::ZERO);
                     for sequence in 1u64.. {
                         if stop.load(Ordering::Relaxed) {
                             break;
                         }
+                        let sent = Instant::now();
                         let request = send(index, sequence, &addr, &key);
+                        slowest = slowest.max(sent.elapsed());
                         if matches!(request, Request::Incr { acked: true, .. })
                             || matches!(request, Request::Append { acked: true, .. })
                         {
@@ -351,7 +354,7 @@ impl Traffic {
                         requests.push(request);
                         thread::sleep(Duration::from_millis(10));
                     }
-                    requests
+                    (requests, slowest)
                 })
             })
             .collect();
@@ -379,10 +382,16 @@ impl Traffic {
         }
     }
 
-    fn stop(self) -> Vec<Request> {
+    /// Every request sent, and each thread's slowest.
+    fn stop(self) -> (Vec<Request>, Vec<Duration>) {
         self.stop.store(true, Ordering::Relaxed);
-        let threads = self.threads.into_iter();
-        threads.flat_map(|thread| thread.join().unwrap()).collect()
+        let (mut requests, mut slowest) = (Vec::new(), Vec::new());
+        for thread in self.threads {
+            let (sent, slowest_one) = thread.join().unwrap();
+            requests.extend(sent);
+            slowest.push(slowest_one);
+        }
+        (requests, slowest)
     }
 }
 
@@ -587,7 +596,7 @@ fn three_nodes_converge_after_one_is_killed_mid_traffic() {
     thread::sleep(Duration::from_millis(300));
     cluster.restart(2);
     traffic.wait_for(2, before_kill + 6);
-    let requests = traffic.stop();
+    let (requests, slowest) = traffic.stop();
     let traffic_done = started.elapsed();
 
     // A client with another key is told clearly; it runs while the cluster converges.
@@ -629,7 +638,8 @@ fn three_nodes_converge_after_one_is_killed_mid_traffic() {
         })
         .count();
     println!(
-        "{} requests ({} timed out), counter {} acknowledged, {} log entries; traffic and kill \
+        "{} requests ({} timed out; slowest per node {slowest:?}: a request in flight at the \
+         kill waits for the restart), counter {} acknowledged, {} log entries; traffic and kill \
          {traffic_done:?}, converged at {converged:?}, stopped at {:?}",
         requests.len(),
         timeouts,
