@@ -373,8 +373,13 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
     }
 
     /// A cursor at the start of the segment of `epoch` (which may be released or not yet
-    /// written: reading from it then says so).
+    /// written: reading from it then says so). When the live log starts inside that segment
+    /// (a release before one of its frames), the cursor starts there instead, at the first
+    /// frame still live.
     pub fn segment_cursor(&self, epoch: u32) -> Cursor {
+        if epoch == self.live_start().epoch {
+            return self.cursor();
+        }
         let position = Position {
             epoch,
             offset: self.layout.slot_start(epoch),

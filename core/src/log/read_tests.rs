@@ -162,6 +162,29 @@ fn a_released_position_fails_cleanly_even_once_overwritten() {
 }
 
 #[test]
+fn a_segment_cursor_starts_at_the_live_start_when_a_release_cut_its_segment() {
+    let mut storage = ram();
+    let (mut log, _, _) = open(&mut storage);
+    let mut frames = [append(&mut log, 0); 2];
+    while frames[1].position.epoch == frames[0].position.epoch {
+        frames = [frames[1], append(&mut log, 1)];
+    }
+    let kept = append(&mut log, 2);
+    append(&mut log, 3);
+    log.sync().unwrap();
+    log.release_before(kept).unwrap();
+    // The segment's header and first frame are released; the cursor starts at `kept`.
+    let mut cursor = log.segment_cursor(kept.position.epoch);
+    let (frame, payload) = log.read_next(&mut cursor).unwrap().unwrap();
+    assert_eq!(
+        (frame.sequence, frame.position, payload[0]),
+        (kept.sequence, kept.position, 2)
+    );
+    let (frame, _) = log.read_next(&mut cursor).unwrap().unwrap();
+    assert_eq!(frame.sequence, kept.sequence + 1);
+}
+
+#[test]
 fn the_end_of_the_log_is_reported_and_a_cursor_there_sees_later_appends() {
     let mut storage = ram();
     let (mut log, _, _) = open(&mut storage);

@@ -88,6 +88,22 @@ impl<const SEG: usize> Summaries<SEG> {
     }
 }
 
+impl<const SEG: usize> Summaries<SEG> {
+    /// True when every entry of the live segment of `epoch` is `held`: each origin's span is
+    /// asked with its last counter. A segment no entry was noted in has none (its slot belongs
+    /// to no live epoch but this one, since `SEG` is at least the segment count); an overflowed
+    /// summary cannot tell, so it is never covered.
+    pub fn covered(&self, epoch: u32, mut held: impl FnMut(NodeId, u64) -> bool) -> bool {
+        let Some(slot) = self.slots.get(epoch as usize % SEG.max(1)) else {
+            return false;
+        };
+        if slot.epoch != epoch {
+            return true;
+        }
+        !slot.overflowed && slot.spans.iter().all(|span| held(span.origin, span.last))
+    }
+}
+
 /// One remembered client request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Request {

@@ -55,17 +55,22 @@
 //!   is bounded by `data_max`. A context holds one pair per origin the writer had heard of, so
 //!   clusters with many writing origins need a large enough `payload_max` and MTU.
 //!
+//! - Space reclamation ([`reclaim`]): when the storage log runs out of free segments, the oldest
+//!   segments are released once every configured peer's digests show it holds every entry in
+//!   them, never before. A configured peer that never reports back blocks it: appends then fail
+//!   with [`RlogError::Full`] and received entries are refused, and nothing stored is lost.
+//!
 //! # Not provided
 //!
-//! - Space reclamation: segments are never released, so when the storage log is full, appends
-//!   and received entries are refused ([`RlogError::Full`], [`Stats::refused`]); nothing already
-//!   stored is lost. Releasing a segment needs every peer's digest to cover it; not done yet.
+//! - Reading released entries: reads and anti-entropy serve the entries still stored; see
+//!   [`reclaim`] for what reclamation does not do.
 //! - Reads walk the whole live log once per page (bounded RAM, no per-entry index): cost grows
 //!   with the log.
 
 mod causal;
 pub mod index;
 pub mod read;
+pub mod reclaim;
 mod sync;
 #[cfg(test)]
 mod tests;
@@ -84,6 +89,7 @@ use heapless::{Deque, Vec};
 use index::{Dedup, Summaries};
 
 pub use read::{resolve, ReadPage};
+pub use reclaim::KIND_FLOOR;
 pub use wire::{Dot, Message, ReadEntry, ReadKey, Refusal, KIND_ENTRY};
 
 /// Outgoing anti-entropy jobs (digests being sent, entries being streamed, reads being answered).
@@ -152,6 +158,8 @@ pub struct Stats {
     pub entries_sent: u64,
     /// Digest datagrams sent.
     pub digests_sent: u64,
+    /// Segments of the storage log released because every peer held their entries.
+    pub reclaimed: u64,
 }
 
 /// A frame that passed its CRC but is not a replicated log record: a bug or a foreign log.
@@ -171,7 +179,8 @@ pub enum ReplayError {
         /// Sequence number of the frame.
         sequence: u64,
     },
-    /// An entry whose predecessor from the same origin is missing.
+    /// An entry whose predecessor from the same origin is missing (and not released: the
+    /// first entry of an origin before the first floor frame may start past 1).
     Gap {
         /// Sequence number of the frame.
         sequence: u64,
@@ -205,7 +214,8 @@ pub enum RlogError<E> {
     TooLarge,
     /// The version vector holds `N` origins already; nothing changed.
     Capacity,
-    /// The storage log is full; nothing changed.
+    /// The storage log is full and no segment could be released (some configured peer has not
+    /// reported holding the oldest entries, or there are no peers); nothing changed.
     Full,
     /// The storage log refused the append otherwise (poisoned, storage error, epochs
     /// exhausted); nothing was staged. A storage error poisons the replica.
@@ -267,6 +277,10 @@ pub struct Rlog<S, B, const N: usize, const P: usize, const SEG: usize> {
     durable: VersionVector<N>,
     summaries: Summaries<SEG>,
     dedup: Dedup,
+    /// What each configured peer's digests say it holds (index as in `peers`).
+    peer_have: [VersionVector<N>; P],
+    /// The newest segment holding a floor frame.
+    floor_epoch: u32,
     acks: Deque<Ack, ACKS>,
     jobs: Deque<Job, JOBS>,
     next_round: Instant,
@@ -275,15 +289,47 @@ pub struct Rlog<S, B, const N: usize, const P: usize, const SEG: usize> {
     stats: Stats,
 }
 
-/// Replays one frame into the state being rebuilt.
-fn replay<const N: usize, const SEG: usize>(
-    config: &RlogConfig,
-    have: &mut VersionVector<N>,
-    summaries: &mut Summaries<SEG>,
-    dedup: &mut Dedup,
+/// The state recovery rebuilds.
+struct Replay<const N: usize, const SEG: usize> {
+    have: VersionVector<N>,
+    summaries: Summaries<SEG>,
+    dedup: Dedup,
+    /// The newest segment holding a floor frame; 0 before the first one.
+    floor_epoch: u32,
+}
+
+/// Replays a floor frame: `have` rises to it.
+fn replay_floor<const N: usize, const SEG: usize>(
+    state: &mut Replay<N, SEG>,
     entry: log::Entry<'_>,
 ) -> Result<(), ReplayError> {
     let sequence = entry.sequence;
+    if wire::check_pairs(entry.payload, NodeId(0), NodeId(u32::MAX)).is_none() {
+        return Err(ReplayError::Malformed { sequence });
+    }
+    for (node, count) in wire::pairs(entry.payload) {
+        let known = state.have.get(node);
+        if count > known {
+            state
+                .have
+                .add(node, count - known)
+                .map_err(|_| ReplayError::Capacity { sequence })?;
+        }
+    }
+    state.floor_epoch = state.floor_epoch.max(entry.position.epoch);
+    Ok(())
+}
+
+/// Replays one frame into the state being rebuilt.
+fn replay<const N: usize, const SEG: usize>(
+    config: &RlogConfig,
+    state: &mut Replay<N, SEG>,
+    entry: log::Entry<'_>,
+) -> Result<(), ReplayError> {
+    let sequence = entry.sequence;
+    if entry.kind == KIND_FLOOR {
+        return replay_floor(state, entry);
+    }
     if entry.kind != KIND_ENTRY {
         let kind = entry.kind;
         return Err(ReplayError::UnknownKind { sequence, kind });
@@ -291,15 +337,20 @@ fn replay<const N: usize, const SEG: usize>(
     let checked =
         wire::check_record(entry.payload, usize::MAX).ok_or(ReplayError::Malformed { sequence })?;
     let dot = checked.dot();
-    let known = have.get(dot.origin);
+    let known = state.have.get(dot.origin);
     if dot.counter <= known {
         return Ok(());
     }
-    if dot.counter != known + 1 {
+    // Before the first floor frame, an origin's first entry may follow released ones.
+    let after_release = known == 0 && state.floor_epoch == 0;
+    if dot.counter != known + 1 && !after_release {
         return Err(ReplayError::Gap { sequence });
     }
-    have.add(dot.origin, 1)
+    state
+        .have
+        .add(dot.origin, dot.counter - known)
         .map_err(|_| ReplayError::Capacity { sequence })?;
+    let (summaries, dedup) = (&mut state.summaries, &mut state.dedup);
     summaries.note(entry.position.epoch, dot);
     if let (Some((client, request_id)), true) = (checked.record.request, dot.origin == config.node)
     {
@@ -324,13 +375,22 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
         if (config.log.payload_max as usize) < needed {
             return Err(RlogOpenError::Capacity);
         }
-        let mut have = VersionVector::new();
-        let mut summaries = Summaries::new();
-        let mut dedup = Dedup::new();
+        let mut state = Replay {
+            have: VersionVector::new(),
+            summaries: Summaries::new(),
+            dedup: Dedup::new(),
+            floor_epoch: 0,
+        };
         let (log, recovery) = Log::open(storage, buffer, config.log, |entry| {
-            replay(&config, &mut have, &mut summaries, &mut dedup, entry)
+            replay(&config, &mut state, entry)
         })
         .map_err(RlogOpenError::Open)?;
+        let Replay {
+            have,
+            summaries,
+            dedup,
+            floor_epoch,
+        } = state;
         if (log.segments() as usize) > SEG {
             return Err(RlogOpenError::Capacity);
         }
@@ -342,6 +402,8 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
             held: have,
             summaries,
             dedup,
+            peer_have: core::array::from_fn(|_| VersionVector::new()),
+            floor_epoch,
             acks: Deque::new(),
             jobs: Deque::new(),
             next_round: Instant::ZERO,
@@ -375,25 +437,37 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
             origin: me,
             counter,
         };
-        let held = &self.held;
-        let appended = self
-            .log
-            .append(KIND_ENTRY, |area| {
-                wire::encode_local(area, held, dot, request, data).ok_or(EmitError::BufferTooSmall)
-            })
-            .map_err(|error| match error {
-                AppendError::Encode(_) => RlogError::TooLarge,
-                AppendError::Full => RlogError::Full,
-                error => RlogError::Append(error),
-            })?;
+        let appended = match self.append_local(dot, request, data) {
+            Err(AppendError::Full) if self.reclaim() => self.append_local(dot, request, data),
+            other => other,
+        };
+        let appended = appended.map_err(|error| match error {
+            AppendError::Encode(_) => RlogError::TooLarge,
+            AppendError::Full => RlogError::Full,
+            error => RlogError::Append(error),
+        })?;
         // Checked above: the origin is present or there is room for it.
         self.held.add(me, 1).map_err(|_| RlogError::Capacity)?;
         self.summaries.note(appended.position.epoch, dot);
+        self.write_floor(appended.position.epoch);
         self.staged = true;
         if let Some((client, request_id)) = request {
             self.dedup.remember(client, request_id, dot);
         }
         Ok(dot)
+    }
+
+    /// Appends the record of a new local entry.
+    fn append_local(
+        &mut self,
+        dot: Dot,
+        request: Option<(NodeId, u64)>,
+        data: &[u8],
+    ) -> Result<log::Appended, AppendError<S::Error>> {
+        let held = &self.held;
+        self.log.append(KIND_ENTRY, |area| {
+            wire::encode_local(area, held, dot, request, data).ok_or(EmitError::BufferTooSmall)
+        })
     }
 
     /// True once the entry `dot` is durable here.
@@ -586,6 +660,9 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
         for ack in self.acks.iter_mut() {
             ack.ready = true;
         }
+        if self.log.free_segments() == 0 {
+            self.reclaim();
+        }
         Ok(())
     }
 }
@@ -628,7 +705,10 @@ impl<E: core::fmt::Display> core::fmt::Display for RlogError<E> {
         match self {
             Self::TooLarge => f.write_str("the entry is larger than the configured limit"),
             Self::Capacity => f.write_str("the version vector is at its capacity of origins"),
-            Self::Full => f.write_str("the storage log is full"),
+            Self::Full => f.write_str(
+                "the storage log is full, and its oldest entries cannot be released until every \
+                 configured peer reports holding them",
+            ),
             Self::Append(error) => error.fmt(f),
             Self::Read(error) => error.fmt(f),
         }

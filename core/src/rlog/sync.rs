@@ -3,6 +3,7 @@
 use super::wire::{self, Dot, Message, Writer, KIND_ENTRY};
 use super::{Job, Rlog};
 use crate::crdt::NodeId;
+use crate::log::{AppendError, Appended};
 use crate::net::SocketAddr;
 use crate::service::Transmit;
 use crate::storage::Storage;
@@ -30,6 +31,7 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
             self.stats.malformed += 1;
             return;
         }
+        self.note_peer(to, pairs);
         let mut theirs = wire::pairs(pairs).peekable();
         let mut budget = u64::from(self.config.entries_per_digest);
         let live = self.log.first_live_epoch()..=self.log.newest_epoch();
@@ -97,13 +99,10 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
             self.stats.refused += 1;
             return;
         }
-        let appended = self.log.append(KIND_ENTRY, |area| {
-            let target = area
-                .get_mut(..record.len())
-                .ok_or(crate::frame::EmitError::BufferTooSmall)?;
-            target.copy_from_slice(record);
-            Ok(record.len())
-        });
+        let appended = match self.append_received(record) {
+            Err(AppendError::Full) if self.reclaim() => self.append_received(record),
+            other => other,
+        };
         let Ok(appended) = appended else {
             self.stats.refused += 1;
             return;
@@ -114,8 +113,20 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
             return;
         }
         self.summaries.note(appended.position.epoch, dot);
+        self.write_floor(appended.position.epoch);
         self.staged = true;
         self.stats.accepted += 1;
+    }
+
+    /// Appends a received record as it is.
+    fn append_received(&mut self, record: &[u8]) -> Result<Appended, AppendError<S::Error>> {
+        self.log.append(KIND_ENTRY, |area| {
+            let target = area
+                .get_mut(..record.len())
+                .ok_or(crate::frame::EmitError::BufferTooSmall)?;
+            target.copy_from_slice(record);
+            Ok(record.len())
+        })
     }
 
     /// Runs one step of a job: the datagram it produced, if any, and the job's remainder.

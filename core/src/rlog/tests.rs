@@ -349,7 +349,8 @@ fn duplicated_replayed_or_early_entries_are_not_stored() {
     replica.handle_message(Instant::ZERO, from, &record(2, 1, b"a"));
     let stats = replica.stats();
     assert_eq!((stats.accepted, stats.duplicates, stats.gaps), (1, 2, 1));
-    assert_eq!(replica.log().next_sequence(), 1);
+    // The entry and the floor frame written with the first entry of a segment.
+    assert_eq!(replica.log().next_sequence(), 2);
     assert_eq!(read_all(&mut replica).len(), 1);
 }
 
@@ -623,4 +624,75 @@ proptest! {
             prop_assert_eq!(siblings != 0, concurrent, "entry {}", index);
         }
     }
+}
+
+#[test]
+fn with_caught_up_peers_a_long_run_of_appends_never_runs_out_of_space() {
+    let mut rng = SplitMix64::new(5);
+    let mut replicas = cluster(3);
+    let mut clock = 0;
+    let mut written = StdVec::new();
+    // Each append stores about 90 bytes: 600 of them are several times the 16 KiB storage.
+    for step in 0..600u32 {
+        let writer = (step % 3) as usize;
+        let data = [step as u8; 64];
+        let dot = replicas[writer]
+            .append(Instant::ZERO, &data)
+            .unwrap_or_else(|error| panic!("step {step}: {error:?}"));
+        written.push(dot);
+        run(&mut replicas, &mut rng, &CALM, 2, &mut clock);
+    }
+    run(&mut replicas, &mut rng, &CALM, 40, &mut clock);
+    for replica in replicas.iter_mut() {
+        assert!(replica.stats().reclaimed > 0, "segments were released");
+        assert_eq!(replica.stats().refused, 0);
+        for dot in &written {
+            assert!(replica.is_durable(*dot), "{dot:?} reached every replica");
+        }
+    }
+    // A reopened replica keeps its counts although its first entries were released, and its
+    // next entry takes a fresh dot.
+    let have = replicas[0].have().clone();
+    let (storage, _) = replicas.remove(0).into_parts();
+    let mut reopened = open_replica(storage, 0, 3);
+    assert_eq!(reopened.have(), &have);
+    let dot = reopened.append(Instant::ZERO, b"next").unwrap();
+    assert_eq!(dot.counter, have.get(NodeId(1)) + 1);
+    // What is still stored reads back in order.
+    let entries = read_all(&mut reopened);
+    assert!(!entries.is_empty() && entries.len() < written.len());
+    assert!(entries.windows(2).all(|pair| pair[0].1 <= pair[1].1));
+}
+
+#[test]
+fn a_silent_peer_blocks_reclamation_appends_fail_full_and_nothing_is_lost() {
+    // Replica 1's peer (replica 2) never answers: no digest, so no release.
+    let mut replica = open_replica(ram(), 0, 2);
+    let mut stored = StdVec::new();
+    let refusal = loop {
+        match replica.append(Instant::ZERO, &[7; 64]) {
+            Ok(dot) => stored.push(dot),
+            Err(error) => break error,
+        }
+        replica.commit().unwrap();
+        replica.handle_timeout(
+            Instant::from_micros(stored.len() as u64 * 200_000),
+            &mut SplitMix64::new(1),
+        );
+        let mut buffer = [0u8; MTU];
+        while replica.poll_transmit(Instant::ZERO, &mut buffer).is_some() {}
+    };
+    assert_eq!(refusal, RlogError::Full);
+    assert_eq!(replica.stats().reclaimed, 0);
+    assert!(stored.len() > 50, "{} entries stored", stored.len());
+    replica.commit().unwrap();
+    let entries = read_all(&mut replica);
+    let dots: StdVec<Dot> = entries.iter().map(|entry| entry.0).collect();
+    assert_eq!(dots, stored);
+    // A received entry is refused too, and the replica still reopens with everything.
+    replica.handle_message(Instant::ZERO, peer(2, 2), &record(2, 1, &[9; 64]));
+    assert_eq!(replica.stats().refused, 1);
+    let (storage, _) = replica.into_parts();
+    let mut reopened = open_replica(storage, 0, 2);
+    assert_eq!(read_all(&mut reopened).len(), stored.len());
 }
