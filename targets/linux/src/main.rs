@@ -221,8 +221,8 @@ enum LogCommand {
         node: SocketAddr,
         #[command(flatten)]
         access: AccessArgs,
-        /// The entry's bytes (taken as given, UTF-8 or not).
-        #[arg(value_name = "DATA")]
+        /// The entry's bytes (taken as given, UTF-8 or not; may start with '-').
+        #[arg(value_name = "DATA", allow_hyphen_values = true)]
         data: OsString,
     },
     /// Prints the node's entries in the read order, one line each:
@@ -241,7 +241,7 @@ enum LogCommand {
         #[command(flatten)]
         access: AccessArgs,
         /// Start after this entry: `DEPTH:ORIGIN:COUNTER`, the first two fields of a printed
-        /// line (default: the beginning).
+        /// line joined by a colon (default: the beginning).
         #[arg(long, value_name = "KEY", value_parser = replicated_log::parse_key)]
         from: Option<bedrock::rlog::ReadKey>,
         /// Print at most N entries.
