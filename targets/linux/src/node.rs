@@ -200,11 +200,6 @@ fn open_log(options: &NodeOptions, storage: FileStorage) -> Result<NodeLog, Erro
         },
         ..RlogConfig::new(NodeId(options.id))
     };
-    if options.peers.len() > PEERS_MAX {
-        return Err(fail(format!(
-            "at most {PEERS_MAX} --peer options are supported"
-        )));
-    }
     let (replica, recovery) =
         NodeLog::open(storage, vec![0; LOG_BUFFER_BYTES], config, &options.peers)
             .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
@@ -217,6 +212,11 @@ fn check_options(options: &NodeOptions) -> Result<(), Error> {
         return Err(fail(
             "--id must be from 1 to 2147483647 (higher ids are for clients)",
         ));
+    }
+    if options.peers.len() > PEERS_MAX {
+        return Err(fail(format!(
+            "at most {PEERS_MAX} --peer options are supported"
+        )));
     }
     if options.peers.contains(&options.listen) {
         return Err(fail("--peer lists this node's own --listen address"));
