@@ -38,10 +38,13 @@
 //!   The record adds about 22 bytes to the data with one origin, 2 to 4 per further origin: an
 //!   entry of 100 data bytes among 3 origins takes about 160 bytes, so the store holds about
 //!   50 000 of them; entries of 512 bytes, about 14 000.
-//! - Not provided by the core yet: space reclamation. When the log is full, appends are refused
+//! - When the store is full, `Rlog` releases its oldest segments once every configured peer's
+//!   digests show it holds their entries; released entries are no longer returned by reads.
+//!   A configured peer that never answers blocks this: appends are then refused as full
 //!   (`bedrock log append` says so) and entries from peers are refused and counted; nothing
-//!   stored is lost. Reads walk the whole log once per page of 16 entries, so a page of a full
-//!   store costs one 8 MiB scan of the page cache.
+//!   stored is lost. A node without peers never releases anything.
+//! - Reads walk the whole live log once per page of 16 entries, so a page of a full store costs
+//!   one 8 MiB scan of the page cache.
 //! - `Rlog` has no `close()`: the log is dropped after the event loop's last commit, so every
 //!   acknowledged entry is durable, but no clean-shutdown marker is written. The next start
 //!   recovers it like after a crash, and its appends begin in a fresh segment: each restart
