@@ -260,7 +260,7 @@ fn stop_line(id: u32, stats: DriverStats, counter: &NodeCounter, replica: &NodeL
     let log_stats = replica.stats();
     eprintln!(
         "node {id} stopping: {} datagrams in, {} out, {} rejected, {} truncated; counter {}, \
-         {} increments; log {entries} entries, {} received, {} refused",
+         {} increments; log {entries} entries, {} received, {} refused, {} segments released",
         stats.received,
         stats.sent,
         stats.rejected,
@@ -269,6 +269,7 @@ fn stop_line(id: u32, stats: DriverStats, counter: &NodeCounter, replica: &NodeL
         counter.stats().increments,
         log_stats.accepted,
         log_stats.refused,
+        log_stats.reclaimed,
     );
 }
 
