@@ -46,6 +46,9 @@ pub enum Message {
         count: u32,
         /// Whether the receiver should push back.
         pull: bool,
+        /// [`digest`] of the sender's whole state: a receiver whose state has the same digest
+        /// holds everything the sender has, and need not push back what the sender already has.
+        digest: u64,
     },
     /// Node → node: the push `(low, high]` of incarnation `epoch` arrived and was merged.
     Ack {
@@ -55,6 +58,9 @@ pub enum Message {
         low: u64,
         /// The push's `high`.
         high: u64,
+        /// [`digest`] of the receiver's whole state after the merge: when it equals the
+        /// sender's, the receiver holds every entry the sender has.
+        digest: u64,
     },
     /// Client → node: add `by` to this node's count. A retry with the same `request` (from the
     /// same client) is applied once.
@@ -84,6 +90,36 @@ pub enum Message {
         /// Why.
         reason: Refusal,
     },
+}
+
+/// A 64-bit digest of a whole counter state: FNV-1a over each `(node, count)` pair's 12
+/// little-endian bytes in node order, then a splitmix64 finalizer. Equal states have equal
+/// digests; different states collide with probability about 2^-64 (peers are authenticated, so
+/// collisions are accidents, never attacks). A collision would only make a sender skip a push
+/// until one of the two states changes again.
+pub fn digest(entries: impl Iterator<Item = (NodeId, u64)>) -> u64 {
+    let mut hash: u64 = 0xCBF2_9CE4_8422_2325;
+    for (node, count) in entries {
+        let node = node.0.to_le_bytes();
+        let count = count.to_le_bytes();
+        for &byte in node.iter().chain(count.iter()) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01B3);
+        }
+    }
+    hash = (hash ^ (hash >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    hash = (hash ^ (hash >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    hash ^ (hash >> 31)
+}
+
+/// The encoded size of one push entry.
+pub fn entry_len(node: NodeId, count: u64) -> usize {
+    varint_len(u64::from(node.0)) + varint_len(count)
+}
+
+fn varint_len(value: u64) -> usize {
+    let bits = 64 - (value | 1).leading_zeros() as usize;
+    bits.div_ceil(7)
 }
 
 /// Bytes that are not a valid message: dropped and counted.

@@ -63,6 +63,8 @@ pub const KIND_CHECKPOINT: u8 = log::KIND_USER_MIN + 1;
 const OUTBOX: usize = 64;
 /// Acknowledged ranges kept per peer while an earlier range is still missing.
 const ACK_RANGES: usize = 4;
+/// The largest push head: variant, epoch, low, high, count, pull and digest varints.
+const HEAD_LEN_MAX: usize = 1 + 5 + 10 + 10 + 5 + 1 + 10;
 
 /// How a distributed counter node behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +157,7 @@ enum Outgoing {
         epoch: u32,
         low: u64,
         high: u64,
+        digest: u64,
     },
     Reply {
         to: SocketAddr,
@@ -268,6 +271,8 @@ pub struct DistributedCounter<
     next_checkpoint: Instant,
     next_round: Instant,
     pending_release: Option<Appended>,
+    /// The digest of `counts`, `None` after a change until it is needed again.
+    digest_cache: Option<u64>,
     stats: Stats,
 }
 
@@ -399,6 +404,7 @@ impl<
             next_checkpoint: Instant::ZERO,
             next_round: Instant::ZERO,
             pending_release: None,
+            digest_cache: None,
             stats: Stats::default(),
         };
         node.config.checkpoint_every = node.config.checkpoint_every.max(1);
@@ -424,6 +430,7 @@ impl<
 
     /// Records that `node`'s count changed: it gets the next stamp.
     fn touch(&mut self, node: NodeId) {
+        self.digest_cache = None;
         self.clock += 1;
         let current = self.stamps.get(node);
         // A stamp only grows, and `counts` already holds `node`, so `stamps` has room for it.
@@ -594,6 +601,7 @@ impl<
             high,
             count,
             pull,
+            digest,
         } = head
         else {
             return;
@@ -608,20 +616,35 @@ impl<
         }
         self.stats.pushes_merged += 1;
         // An incomplete merge is not acknowledged, so the sender keeps offering the range.
+        let mine = self.digest();
         if complete {
             self.enqueue(Outgoing::Ack {
                 to: from.addr,
                 epoch,
                 low,
                 high,
+                digest: mine,
             });
         }
         if let Some(index) = self.peer_index(from.addr) {
             self.observe_incarnation(index, from.incarnation);
-            if pull {
+            if digest == mine {
+                // The sender's state equals ours: it holds everything we have.
+                self.peers[index].acked = self.clock;
+            } else if pull {
                 self.queue_pushes(index, false);
             }
         }
+    }
+
+    /// The digest of the whole state (see [`message::digest`]), cached until the next change.
+    fn digest(&mut self) -> u64 {
+        if let Some(digest) = self.digest_cache {
+            return digest;
+        }
+        let digest = message::digest(self.counts.iter());
+        self.digest_cache = Some(digest);
+        digest
     }
 
     /// Merges one entry; false when it could not be stored (capacity).
@@ -640,7 +663,7 @@ impl<
         true
     }
 
-    fn handle_ack(&mut self, from: Peer, epoch: u32, low: u64, high: u64) {
+    fn handle_ack(&mut self, from: Peer, epoch: u32, (low, high): (u64, u64), digest: u64) {
         if epoch != self.config.incarnation || high > self.clock {
             return;
         }
@@ -648,6 +671,11 @@ impl<
             return;
         };
         self.observe_incarnation(index, from.incarnation);
+        if digest == self.digest() {
+            // The peer's state equals ours: it holds every entry, whatever ranges it missed.
+            self.peers[index].acked = self.clock;
+            return;
+        }
         let peer = &mut self.peers[index];
         if low > peer.acked {
             // A later chunk arrived first: keep its range until the gap closes.
@@ -747,52 +775,77 @@ impl<
     /// Encodes the next push chunk to peer `index` into `buffer`; `None` when it has nothing to
     /// carry (a later chunk of a round whose changes fitted the earlier ones).
     fn encode_push(&mut self, index: usize, pull: bool, buffer: &mut [u8]) -> Option<usize> {
-        let low = self.peers.get(index)?.cursor;
+        let low = self.skip_acknowledged(index)?;
         if low > self.clock || (!pull && low == self.clock) {
             return None;
         }
-        // Room for the head (at most 1 + 5 + 10 + 10 + 5 + 1 bytes), then whole entries.
-        let room = buffer.len().checked_sub(32)? / ENTRY_LEN_MAX;
+        let room = buffer.len().checked_sub(HEAD_LEN_MAX)?;
         let high = self.chunk_end(low, room);
-        let count = self
-            .stamps
-            .iter()
-            .filter(|&(_, s)| s > low && s <= high)
-            .count();
+        let count = self.in_range(low, high).count();
         let head = Message::Push {
             epoch: self.config.incarnation,
             low,
             high,
             count: u32::try_from(count).ok()?,
             pull,
+            digest: self.digest(),
         };
         let mut end = message::encode(&head, buffer)?;
-        for ((node, value), (_, stamp)) in self.counts.iter().zip(self.stamps.iter()) {
-            if stamp > low && stamp <= high {
-                end = message::encode_entry(node, value, buffer, end)?;
-            }
+        for (node, value) in self.in_range(low, high) {
+            end = message::encode_entry(node, value, buffer, end)?;
         }
         self.peers[index].cursor = high;
         self.stats.pushes_sent += 1;
         Some(end)
     }
 
-    /// The largest stamp `high` such that at most `room` entries have stamps in `(low, high]`.
-    /// Stamps are distinct, so a binary search over the clock finds it.
-    fn chunk_end(&self, low: u64, room: usize) -> u64 {
-        let in_range = |high: u64| {
-            self.stamps
+    /// Where the next chunk to peer `index` starts: its cursor, moved past the ranges the peer
+    /// already acknowledged (a lost chunk does not make every later chunk go again).
+    fn skip_acknowledged(&mut self, index: usize) -> Option<u64> {
+        let peer = self.peers.get_mut(index)?;
+        let mut low = peer.cursor.max(peer.acked);
+        for _ in 0..ACK_RANGES {
+            match peer
+                .ranges
                 .iter()
-                .filter(|&(_, stamp)| stamp > low && stamp <= high)
-                .count()
+                .find(|range| range.0 <= low && range.1 > low)
+            {
+                Some(range) => low = range.1,
+                None => break,
+            }
+        }
+        peer.cursor = low;
+        Some(low)
+    }
+
+    /// The entries whose stamps lie in `(low, high]`, in node order.
+    fn in_range(&self, low: u64, high: u64) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        self.counts
+            .iter()
+            .zip(self.stamps.iter())
+            .filter(move |&(_, (_, stamp))| stamp > low && stamp <= high)
+            .map(|(entry, _)| entry)
+    }
+
+    /// The largest stamp `high` such that the entries with stamps in `(low, high]` take at most
+    /// `room` bytes (and number at most [`ENTRIES_MAX`]). Stamps are distinct, so the size grows
+    /// by one entry per stamp and a binary search over the clock finds it.
+    fn chunk_end(&self, low: u64, room: usize) -> u64 {
+        let fits = |high: u64| {
+            let (mut bytes, mut count) = (0usize, 0u32);
+            for (node, value) in self.in_range(low, high) {
+                bytes += message::entry_len(node, value);
+                count += 1;
+            }
+            bytes <= room && count <= ENTRIES_MAX
         };
-        if in_range(self.clock) <= room {
+        if fits(self.clock) {
             return self.clock;
         }
         let (mut good, mut bad) = (low, self.clock);
         while bad - good > 1 {
             let middle = good + (bad - good) / 2;
-            if in_range(middle) <= room {
+            if fits(middle) {
                 good = middle;
             } else {
                 bad = middle;
@@ -813,7 +866,16 @@ impl<
                 epoch,
                 low,
                 high,
-            } => (to, Message::Ack { epoch, low, high }),
+                digest,
+            } => (
+                to,
+                Message::Ack {
+                    epoch,
+                    low,
+                    high,
+                    digest,
+                },
+            ),
             Outgoing::Reply { to, request, value } => (to, Message::Value { request, value }),
             Outgoing::Refuse {
                 to,
@@ -856,7 +918,12 @@ impl<
         };
         match head {
             Message::Push { .. } => self.handle_push(from, head, rest),
-            Message::Ack { epoch, low, high } => self.handle_ack(from, epoch, low, high),
+            Message::Ack {
+                epoch,
+                low,
+                high,
+                digest,
+            } => self.handle_ack(from, epoch, (low, high), digest),
             Message::Incr { request, by } => self.handle_incr(from, request, by),
             Message::Get { request } => self.handle_get(from, request),
             // Replies are for clients; a node ignores them.

@@ -313,3 +313,45 @@ fn a_state_larger_than_one_datagram_goes_in_chunks() {
         "60 wide entries do not fit one 508-byte datagram"
     );
 }
+
+#[test]
+fn the_state_digest_matches_spec_md() {
+    assert_eq!(message::digest(core::iter::empty()), 0xf52a_15e9_a9b5_e89b);
+    let state = [(NodeId(1), 5), (NodeId(2), 7)];
+    assert_eq!(message::digest(state.into_iter()), 0xfaf9_8fdd_2548_cc31);
+    assert_eq!(message::entry_len(NodeId(1), 5), 2);
+    assert_eq!(message::entry_len(NodeId(300), u64::MAX), 2 + 10);
+}
+
+#[test]
+fn converged_peers_stop_sending_entries() {
+    let mut rng = SplitMix64::new(9);
+    let mut nodes: HeapVec<Node> = (0..3).map(|index| fresh(index, 3)).collect();
+    for (index, node) in nodes.iter_mut().enumerate() {
+        incr_from_client(node, 1, index as u64 + 1);
+    }
+    run_rounds(&mut nodes, &mut rng, 20, 0);
+    assert!(nodes.iter().all(|node| node.value() == 6));
+    let raised: HeapVec<u64> = nodes
+        .iter()
+        .map(|node| node.stats().entries_raised)
+        .collect();
+    let mut buffer = [0u8; 1400];
+    for round in 20..30 {
+        let now = Instant::from_millis(round * 250);
+        for node in nodes.iter_mut() {
+            node.handle_timeout(now, &mut rng);
+            while let Some(transmit) = node.poll_transmit(now, &mut buffer) {
+                let (head, _) = message::decode(&buffer[..transmit.len]).unwrap();
+                if let Message::Push { count, .. } = head {
+                    assert_eq!(count, 0, "a converged node pushes no entries");
+                }
+            }
+        }
+    }
+    let after: HeapVec<u64> = nodes
+        .iter()
+        .map(|node| node.stats().entries_raised)
+        .collect();
+    assert_eq!(raised, after);
+}
