@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bedrock::crdt::NodeId;
-use bedrock::net::{Datagram, RecvError, MTU_DEFAULT};
+use bedrock::net::{Datagram, RecvError, MTU_DEFAULT, MTU_MAX};
 use bedrock::wire::{self, Keyring, Wire};
 
 use crate::udp::UdpDatagram;
@@ -121,7 +121,9 @@ impl Client {
         } else {
             "[::]:0".parse().map_err(io::Error::other)?
         };
-        let socket = UdpDatagram::bind(local, MTU_DEFAULT)?;
+        // Replies of any size are accepted (a node may run with a larger MTU); requests are
+        // kept within the default MTU, which every node accepts.
+        let socket = UdpDatagram::bind(local, MTU_MAX)?;
         let sender = NodeId((random_u64()? as u32) | 0x8000_0000);
         let incarnation = random_u64()? as u32;
         let wire = match keys {
@@ -134,7 +136,7 @@ impl Client {
             node,
             timeout: Duration::from_secs(3),
             retry_interval: Duration::from_millis(300),
-            buffer: vec![0; MTU_DEFAULT],
+            buffer: vec![0; MTU_MAX],
         })
     }
 
@@ -177,7 +179,7 @@ impl Client {
         encode: &impl Fn(&mut [u8]) -> Option<usize>,
     ) -> Result<(), ClientError> {
         let trailer = self.wire.overhead() - wire::HEADER_LEN;
-        let end = self.buffer.len() - trailer;
+        let end = MTU_DEFAULT - trailer;
         let len = encode(&mut self.buffer[wire::HEADER_LEN..end]).ok_or(ClientError::TooLarge)?;
         let sealed = self
             .wire

@@ -71,8 +71,11 @@ enum Command {
     /// Figures, in a scratch directory on the chosen file system: (a) pwrite of one 32-byte
     /// counter frame plus fdatasync; (b) the durable counter with one sync per increment;
     /// (c) the counter with 64 increments per sync; (d) replay of a 256 MiB log against a
-    /// plain sequential read of the same bytes; (e) CRC-32C against memory read bandwidth.
-    /// Writes about 0.8 GiB in total; the scratch directory is removed afterwards.
+    /// plain sequential read of the same bytes; (e) CRC-32C against memory read bandwidth;
+    /// (f) durable increments per second through one node (the distributed counter over
+    /// authenticated UDP on loopback) from 1, 16 and 64 concurrent clients, with syncs per
+    /// second, increments per sync and latency, in turns with (a). Writes about 0.8 GiB in
+    /// total; the scratch directory is removed afterwards.
     Bench(BenchArgs),
     /// Runs a cluster node: the distributed counter and the replicated log over authenticated
     /// UDP.
