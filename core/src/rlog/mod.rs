@@ -495,6 +495,11 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
         &self.log
     }
 
+    /// The storage, mutable: see [`Log::storage_mut`] (for simulators arming power cuts).
+    pub fn storage_mut(&mut self) -> &mut S {
+        self.log.storage_mut()
+    }
+
     /// Gives the storage and buffer back.
     pub fn into_parts(self) -> (S, B) {
         self.log.into_parts()
@@ -660,7 +665,9 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
         for ack in self.acks.iter_mut() {
             ack.ready = true;
         }
-        if self.log.free_segments() == 0 {
+        // One segment ahead: a crash with every slot live leaves a head without the room a
+        // release needs (see the reclaim module docs).
+        if self.log.free_segments() <= 1 {
             self.reclaim();
         }
         Ok(())
