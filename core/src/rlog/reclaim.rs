@@ -6,8 +6,9 @@
 //! - Each peer's digests are remembered as a version vector (`peer_have`, the per-node maximum
 //!   of every digest chunk received from its address). A digest lists durable counts, which never
 //!   go down, so the maximum is what the peer holds.
-//! - When the storage log has no free segment left (checked after each commit) or an append is
-//!   refused as full, the live segments are walked oldest first with their summaries
+//! - When the storage log has at most one free segment left (checked after each commit: one
+//!   ahead, since a log resumed in place after a crash may lack the room a release frame needs
+//!   when it opens a segment) or an append is refused as full, the live segments are walked oldest first with their summaries
 //!   ([`super::index`]); the first one holding an entry some peer lacks is the *boundary*, and
 //!   every segment before it is released ([`Log::release_before`] its first frame). A replica
 //!   without peers never releases: nothing else holds its entries.
