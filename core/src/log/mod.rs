@@ -663,6 +663,11 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         let Some(head) = self.head.as_mut() else {
             return Err(AppendError::Full);
         };
+        // Every append leaves room for one control frame, and recovery resumes in place only
+        // with that room; refuse rather than write past the segment if that ever fails to hold.
+        if head.offset + len as u64 > head.end {
+            return Err(AppendError::Full);
+        }
         let offset = head.offset;
         head.offset += len as u64;
         if let Err(error) = self.write_frame(offset, area.start..area.start + len) {

@@ -733,7 +733,16 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
             .first_free(from, end)
             .map_err(OpenError::Storage)?;
         let margin = layout.frame_max.max(layout.control_len) as u64;
-        let offset = written_end.saturating_add(margin).min(end);
+        // Keep room for one control frame at the end, as every append does: the release that
+        // must be recorded before the next segment is erased goes there. Where the margin and
+        // that room overlap, the room wins (the margin shrinks): without it the log could never
+        // open another segment.
+        let control_room = end.saturating_sub(layout.control_len as u64);
+        let offset = written_end
+            .saturating_add(margin)
+            .min(control_room)
+            .max(written_end)
+            .min(end);
         Ok(Outcome::InPlace {
             epoch,
             offset,

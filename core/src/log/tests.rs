@@ -382,3 +382,41 @@ fn a_damaged_header_of_the_newest_segment_is_reported_not_ignored() {
     assert_eq!(corruption.position.epoch, last.position.epoch);
     assert!(count < 40);
 }
+
+#[test]
+fn a_crash_with_every_segment_live_and_the_newest_nearly_full_still_lets_a_release_through() {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    // Fill every segment, the newest up to the point where the next frame needs a new one.
+    let mut last = append(&mut log, 1);
+    let mut count = 1u8;
+    loop {
+        match log.append(KIND_USER_MIN, |area| {
+            area[..20].fill(count + 1);
+            Ok(20)
+        }) {
+            Ok(appended) => {
+                last = appended;
+                count += 1;
+            }
+            Err(AppendError::Full) => break,
+            Err(error) => panic!("{error:?}"),
+        }
+    }
+    log.sync().unwrap();
+    drop(log); // a crash: every segment live, the newest without room for a frame
+    let (mut log, recovery, _, recovered) = open(&mut storage, Policy::Strict);
+    assert_eq!(recovered, count as usize);
+    assert!(recovery.appends_in_place);
+    // The application releases everything before its last frame: the next append must record
+    // the release in the newest segment, erase the oldest and go on there.
+    log.release_before(last).unwrap();
+    append(&mut log, 200);
+    log.sync().unwrap();
+    assert!(!log.is_poisoned());
+    drop(log);
+    let (_, recovery, seen, recovered) = open(&mut storage, Policy::Strict);
+    assert!(recovery.is_clean(), "{recovery:?}");
+    assert_eq!(seen[recovered - 1], 200);
+    assert_eq!(seen[recovered - 2], count, "the released log starts at the last frame");
+}
