@@ -26,7 +26,8 @@
 //!   may have left words that must not be programmed again; after damage too. The first frame
 //!   there repeats the expected sequence number, which later recoveries recognise as a
 //!   deliberate cut and never read behind. Only when every segment is live do appends continue
-//!   in the newest segment, after all written bytes plus one largest frame of margin.
+//!   in the newest segment, after all written bytes plus one largest frame of margin (less
+//!   when the segment is nearly full: one control frame of room always stays for a release).
 //! - Space is reclaimed: [`Log::release_before`] frees whole segments older than a frame (a
 //!   checkpoint). The release is recorded in a release frame, durable with the next sync, and a
 //!   segment is erased for reuse only once its release is durable.

@@ -418,5 +418,9 @@ fn a_crash_with_every_segment_live_and_the_newest_nearly_full_still_lets_a_relea
     let (_, recovery, seen, recovered) = open(&mut storage, Policy::Strict);
     assert!(recovery.is_clean(), "{recovery:?}");
     assert_eq!(seen[recovered - 1], 200);
-    assert_eq!(seen[recovered - 2], count, "the released log starts at the last frame");
+    assert_eq!(
+        seen[recovered - 2],
+        count,
+        "the released log starts at the last frame"
+    );
 }
