@@ -500,7 +500,15 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
         self.log.storage_mut()
     }
 
-    /// Gives the storage and buffer back.
+    /// Commits what is staged and writes the log's clean-shutdown marker in the same sync, so
+    /// the next open appends in place instead of in a fresh segment (see [`Log::close`]).
+    /// Acknowledgements still queued are not sent: their clients retry, and find their request
+    /// applied once.
+    pub fn close(self) -> Result<(), SyncError<S::Error>> {
+        self.log.close()
+    }
+
+    /// Gives the storage and buffer back, dropping what was not committed (as a crash would).
     pub fn into_parts(self) -> (S, B) {
         self.log.into_parts()
     }

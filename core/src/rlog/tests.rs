@@ -696,3 +696,27 @@ fn a_silent_peer_blocks_reclamation_appends_fail_full_and_nothing_is_lost() {
     let mut reopened = open_replica(storage, 0, 2);
     assert_eq!(read_all(&mut reopened).len(), stored.len());
 }
+
+#[test]
+fn a_closed_replica_reopens_cleanly_and_appends_in_place() {
+    type Borrowed<'a> = Rlog<&'a mut Ram, [u8; 1024], 8, 4, 32>;
+    let mut storage = ram();
+    let (mut replica, _) = Borrowed::open(&mut storage, [0u8; 1024], config(1), &[]).unwrap();
+    for byte in 0..5u8 {
+        replica.append(Instant::ZERO, &[byte]).unwrap();
+    }
+    replica.commit().unwrap();
+    let staged = replica.append(Instant::ZERO, b"staged").unwrap();
+    replica.close().unwrap();
+    let (mut replica, recovery) =
+        Borrowed::open(&mut storage, [0u8; 1024], config(1), &[]).unwrap();
+    assert!(recovery.is_clean());
+    assert!(recovery.appends_in_place, "a clean close: no fresh segment");
+    assert_eq!(
+        replica.have().get(NodeId(1)),
+        staged.counter,
+        "close made the staged entry durable"
+    );
+    let next = replica.append(Instant::ZERO, b"next").unwrap();
+    assert_eq!(next.counter, staged.counter + 1);
+}
