@@ -294,7 +294,10 @@ impl<const N: usize, const DONE: usize> Replayed<N, DONE> {
                 self.counts
                     .add(self.node, record.by)
                     .map_err(|_| ReplayError::Capacity { sequence })?;
-                remember(&mut self.done, record.client, record.request, record.value);
+                // A local increment (the node's own id as client) is never retried by a client.
+                if record.client != self.node {
+                    remember(&mut self.done, record.client, record.request, record.value);
+                }
                 self.since_checkpoint = self.since_checkpoint.saturating_add(1);
             }
             KIND_CHECKPOINT => {
@@ -511,7 +514,9 @@ impl<
         // Checked above: the count fits and there is room for the node.
         let _ = self.counts.add(own, count - self.counts.get(own));
         self.touch(own);
-        remember(&mut self.done, client, request, value);
+        if client != own {
+            remember(&mut self.done, client, request, value);
+        }
         self.since_checkpoint += 1;
         if self.since_checkpoint >= self.config.checkpoint_every || self.log.free_segments() <= 2 {
             // A failed checkpoint leaves the increment staged; the next one will try again.
