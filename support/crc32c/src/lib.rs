@@ -3,11 +3,13 @@
 //! A crate of its own so that `bedrock` (the core) can forbid unsafe code: calling the SSE4.2
 //! instruction needs one `unsafe` block, which lives here, justified where it is written.
 //!
-//! Three implementations of the same function, chosen at compile time:
+//! Three implementations of the same function:
 //!
-//! - x86-64 built with SSE4.2 (`-C target-feature=+sse4.2`, which the workspace sets): the `crc32`
-//!   instruction over three interleaved streams, combined with precomputed shift operators. This
-//!   runs near the instruction's throughput limit rather than its latency limit.
+//! - x86-64 with SSE4.2: the `crc32` instruction over three interleaved streams, combined with
+//!   precomputed shift operators. This runs near the instruction's throughput limit rather than
+//!   its latency limit. Chosen at compile time when built with `-C target-feature=+sse4.2` (the
+//!   workspace sets it), or at run time with feature `std` when the CPU has it (a program that
+//!   depends on bedrock is built without the workspace's flags).
 //! - feature `table-16`: slice-by-16 tables from the `crc` crate (16 KiB of tables).
 //! - otherwise: the `crc` crate's table-less bitwise form, the smallest code for firmware.
 //!
@@ -16,7 +18,10 @@
 #![no_std]
 #![deny(missing_docs)]
 
-#[cfg(all(target_arch = "x86_64", target_feature = "sse4.2"))]
+#[cfg(feature = "std")]
+extern crate std;
+
+#[cfg(target_arch = "x86_64")]
 mod hardware {
     use core::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
 
@@ -129,15 +134,14 @@ mod hardware {
         shift(tables, combined) ^ third as u32
     }
 
-    pub(super) fn crc32c(bytes: &[u8]) -> u32 {
-        // SAFETY: this module is compiled only when the build enables SSE4.2
-        // (`cfg(target_feature = "sse4.2")`), so the instruction exists on every CPU the binary
-        // may run on; `crc32c_sse42` touches memory only through safe slice indexing.
-        unsafe { crc32c_sse42(bytes) }
-    }
-
+    /// The CRC with the `crc32` instruction; it touches memory only through safe slice
+    /// indexing.
+    ///
+    /// # Safety
+    ///
+    /// The CPU must have SSE4.2: known at compile time, or checked at run time by the caller.
     #[target_feature(enable = "sse4.2")]
-    fn crc32c_sse42(bytes: &[u8]) -> u32 {
+    pub(super) unsafe fn crc32c_sse42(bytes: &[u8]) -> u32 {
         let mut register = !0u32;
         let mut rest = bytes;
         for (block_len, operator) in [(LONG, &SHIFT_LONG), (SHORT, &SHIFT_SHORT)] {
@@ -159,7 +163,10 @@ mod hardware {
     }
 }
 
-#[cfg(not(all(target_arch = "x86_64", target_feature = "sse4.2")))]
+#[cfg_attr(
+    all(target_arch = "x86_64", target_feature = "sse4.2"),
+    allow(dead_code)
+)]
 mod software {
     #[cfg(feature = "table-16")]
     type Implementation = crc::Table<16>;
@@ -178,24 +185,97 @@ mod software {
 #[inline]
 pub fn crc32c(bytes: &[u8]) -> u32 {
     #[cfg(all(target_arch = "x86_64", target_feature = "sse4.2"))]
-    return hardware::crc32c(bytes);
-    #[cfg(not(all(target_arch = "x86_64", target_feature = "sse4.2")))]
-    return software::crc32c(bytes);
+    {
+        // SAFETY: the binary is compiled for CPUs with SSE4.2.
+        unsafe { hardware::crc32c_sse42(bytes) }
+    }
+    #[cfg(all(
+        target_arch = "x86_64",
+        not(target_feature = "sse4.2"),
+        feature = "std"
+    ))]
+    {
+        if detected::sse42() {
+            // SAFETY: the CPU reported SSE4.2 at run time.
+            return unsafe { hardware::crc32c_sse42(bytes) };
+        }
+        software::crc32c(bytes)
+    }
+    #[cfg(not(all(
+        target_arch = "x86_64",
+        any(target_feature = "sse4.2", feature = "std")
+    )))]
+    {
+        software::crc32c(bytes)
+    }
 }
 
-/// Which implementation [`crc32c`] was compiled with, for benchmarks and diagnostics.
+/// Run-time detection of SSE4.2, asked once and remembered.
+#[cfg(all(
+    target_arch = "x86_64",
+    not(target_feature = "sse4.2"),
+    feature = "std"
+))]
+mod detected {
+    use core::sync::atomic::{AtomicU8, Ordering};
+
+    /// 0: not asked yet; 1: present; 2: absent.
+    static SSE42: AtomicU8 = AtomicU8::new(0);
+
+    pub(super) fn sse42() -> bool {
+        match SSE42.load(Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => {
+                let present = std::is_x86_feature_detected!("sse4.2");
+                SSE42.store(if present { 1 } else { 2 }, Ordering::Relaxed);
+                present
+            }
+        }
+    }
+}
+
+/// Which implementation the build chose (see [`implementation`] for what runs).
 pub const IMPLEMENTATION: &str = if cfg!(all(target_arch = "x86_64", target_feature = "sse4.2")) {
-    "x86-64 sse4.2 crc32 instruction, 3 interleaved streams"
-} else if cfg!(feature = "table-16") {
+    HARDWARE
+} else if cfg!(all(target_arch = "x86_64", feature = "std")) {
+    "x86-64 sse4.2 crc32 instruction if the CPU has it (detected at run time), else software"
+} else {
+    SOFTWARE
+};
+
+const HARDWARE: &str = "x86-64 sse4.2 crc32 instruction, 3 interleaved streams";
+const SOFTWARE: &str = if cfg!(feature = "table-16") {
     "software slice-by-16"
 } else {
     "software bitwise (no table)"
 };
 
+/// The implementation this process uses, after any run-time detection.
+pub fn implementation() -> &'static str {
+    #[cfg(all(
+        target_arch = "x86_64",
+        not(target_feature = "sse4.2"),
+        feature = "std"
+    ))]
+    if detected::sse42() {
+        return HARDWARE;
+    }
+    if cfg!(all(target_arch = "x86_64", target_feature = "sse4.2")) {
+        HARDWARE
+    } else {
+        SOFTWARE
+    }
+}
+
+#[cfg(test)]
+extern crate std as test_std;
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use test_std as std;
 
     const REFERENCE: crc::Crc<u32, crc::NoTable> =
         crc::Crc::<u32, crc::NoTable>::new(&crc::CRC_32_ISCSI);
@@ -219,6 +299,17 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn the_hardware_and_software_forms_agree(bytes in proptest::collection::vec(any::<u8>(), 0..30_000)) {
+            let software = software::crc32c(&bytes);
+            prop_assert_eq!(software, REFERENCE.checksum(&bytes));
+            #[cfg(target_arch = "x86_64")]
+            if std::is_x86_feature_detected!("sse4.2") {
+                // SAFETY: the CPU reported SSE4.2.
+                prop_assert_eq!(unsafe { hardware::crc32c_sse42(&bytes) }, software);
+            }
+        }
+
         #[test]
         fn every_input_matches_the_reference(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
             prop_assert_eq!(crc32c(&bytes), REFERENCE.checksum(&bytes));

@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use bedrock::checksum::{crc32c, IMPLEMENTATION};
+use bedrock::checksum::{crc32c, implementation};
 use bedrock::counter::{CounterConfig, KIND_ADD};
 use bedrock::frame::{self, Header};
 use bedrock::log::{Config, Log, Policy};
@@ -185,7 +185,7 @@ impl Context {
             format!("  memory       {}", self.memory),
             format!("  kernel       Linux {}", self.kernel),
             format!("  load average {} (1, 5, 15 min) at the start", self.load),
-            format!("  crc32c       {IMPLEMENTATION}"),
+            format!("  crc32c       {}", implementation()),
             format!("  build        {build}"),
         ]
     }
