@@ -7,8 +7,12 @@
 //!   a fixed workload (and a second cut right after each recovery), checked after each cut;
 //! - `baseline`: prints through semihosting and exits — the bare cortex-m-rt image the code
 //!   size of bedrock is measured against;
-//! - `counter_size`: `baseline` plus opening a counter and incrementing it once.
+//! - `counter_size`: `baseline` plus opening a counter and incrementing it once;
+//! - `cluster`: three distributed counters in one image, each with its own flash, driver and
+//!   encrypted wire, gossiping through `NalDatagram` over a lossy loopback [`switch`].
 #![no_std]
+
+pub mod switch;
 
 use bedrock::counter::CounterConfig;
 use bedrock::log::{Config, Policy};
