@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds the firmware in targets/qemu for the lm3s6965evb (Cortex-M3), prints the sizes of the
-# firmware and of the code-size probes (baseline, storage_size, counter_size) and the flash
-# budget figure, then runs the probes and the firmware under qemu-system-arm and exits with the
-# firmware's status (0: every crash point checked out; 1: a failed check or a panic; 124: timeout).
+# firmware binaries (firmware, cluster) and of the code-size probes (baseline, storage_size,
+# counter_size, node_size) and the flash budget figure, then runs the probes, the crash-point
+# firmware and the three-node cluster under qemu-system-arm. Exits with the first failing status
+# of the two firmware runs (0: every check passed; 1: a failed check or a panic; 124: timeout).
 # Run `bash scripts/deps.sh` first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +25,7 @@ section() {
 
 echo
 echo "sizes (bytes; text = flash: vector table + .text + .rodata; data is in flash and RAM):"
-binaries=(firmware baseline storage_size counter_size)
+binaries=(firmware cluster baseline storage_size counter_size node_size)
 size "${binaries[@]/#/$out/}"
 printf '%-14s %8s %8s %8s %8s\n' binary .text .rodata .data .bss
 for binary in "${binaries[@]}"; do
@@ -47,6 +48,12 @@ echo "  counter_size - baseline:     $(delta counter_size baseline): log, recove
   "RAM flash mock and NorFlash adapter"
 echo "  counter_size - storage_size: $(delta counter_size storage_size): log, recovery, counter"
 echo "  storage_size - baseline:     $(delta storage_size baseline): RAM flash mock and adapter"
+echo
+echo "the network half (distributed counter, driver, wire envelope with ChaCha20-Poly1305,"
+echo "NalDatagram, loopback switch) over the durable counter:"
+echo "  node_size - counter_size:    $(delta node_size counter_size)"
+echo "  node_size - storage_size:    $(delta node_size storage_size): log, recovery and all of it"
+echo "  cluster - firmware:          $(delta cluster firmware): the two test firmwares"
 
 run() {
   local log status
@@ -62,11 +69,23 @@ run() {
 }
 
 echo
-for probe in baseline storage_size counter_size; do
+for probe in baseline storage_size counter_size node_size; do
   run 30 "$out/$probe"
 done
 echo
+# Runs firmware `$1` with a timeout of 300 s, prints its status and wall time, and returns it.
+run_firmware() {
+  local start status=0
+  start=$(date +%s%N)
+  run 300 "$out/$1" || status=$?
+  echo "$1: qemu exit status $status in $(( ($(date +%s%N) - start) / 1000000 )) ms"
+  return "$status"
+}
+
 status=0
-run 300 "$out/firmware" || status=$?
-echo "firmware: qemu exit status $status"
+run_firmware firmware || status=$?
+echo
+cluster_status=0
+run_firmware cluster || cluster_status=$?
+if [ "$status" -eq 0 ]; then status=$cluster_status; fi
 exit "$status"
