@@ -256,7 +256,10 @@ impl<const SOCKETS: usize, const SLOTS: usize, const ARENA: usize> UdpClientStac
         buffer[..copied].copy_from_slice(&state.arena[start..start + copied]);
         state.remove(index);
         state.stats.delivered += 1;
-        Ok((queued.len, Switch::<SOCKETS, SLOTS, ARENA>::address(queued.from_port)))
+        Ok((
+            queued.len,
+            Switch::<SOCKETS, SLOTS, ARENA>::address(queued.from_port),
+        ))
     }
 
     fn close(&mut self, socket: SwitchSocket) -> Result<(), SwitchError> {

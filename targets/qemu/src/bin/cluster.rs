@@ -482,8 +482,11 @@ impl Cluster {
         }
         let sent = node.totals().sent;
         let result = node.step(now, &mut self.buffer);
-        self.checker
-            .check(result.is_err(), "the commit under a power cut succeeded", result);
+        self.checker.check(
+            result.is_err(),
+            "the commit under a power cut succeeded",
+            result,
+        );
         // Nothing was queued to send, so nothing may leave the node after its failed commit:
         // a push now would carry increments the node is about to lose.
         let sent_after = node.totals().sent - sent;
@@ -510,11 +513,15 @@ impl Cluster {
         let detail = (torn, own, acknowledged, staged);
         self.checker
             .check(own == expected, "recovered own count", detail);
-        self.checker
-            .check(recovery.corruption.is_none(), "corruption after the cut", recovery);
+        self.checker.check(
+            recovery.corruption.is_none(),
+            "corruption after the cut",
+            recovery,
+        );
         // A program that landed no byte leaves erased words: nothing to see, no torn tail.
         let torn_tail = recovery.torn_tail.is_some() == (torn != 0 && torn != usize::MAX);
-        self.checker.check(torn_tail, "torn tail after the cut", recovery);
+        self.checker
+            .check(torn_tail, "torn tail after the cut", recovery);
         // What recovery found is durable: it counts, acknowledged or not.
         let node = &mut self.nodes[VICTIM];
         node.acknowledged = own;
@@ -649,7 +656,9 @@ fn run_all(cluster: &mut Cluster) {
             summary.steps,
             summary.end.as_millis()
         );
-        converge_max = converge_max.max(summary.converge[0]).max(summary.converge[1]);
+        converge_max = converge_max
+            .max(summary.converge[0])
+            .max(summary.converge[1]);
         sent += switch.sent;
         dropped += switch.dropped;
         steps += summary.steps;
@@ -678,7 +687,9 @@ fn measure_stacks(cluster: &mut Cluster) -> (usize, usize) {
         let node = &mut cluster.nodes[index];
         node.reset(SEED_BASE, switch);
         let (result, used) = stack_used_by(|| node.start(switch));
-        cluster.checker.check(result.is_ok(), "boot for the stack figure", index);
+        cluster
+            .checker
+            .check(result.is_ok(), "boot for the stack figure", index);
         boot = boot.max(used);
     }
     cluster.now = Instant::ZERO;
@@ -690,14 +701,16 @@ fn measure_stacks(cluster: &mut Cluster) -> (usize, usize) {
 #[entry]
 fn main() -> ! {
     // cortex-m-rt turns these into `&'static mut` references, usable once.
-    static mut FLASHES: [NodeFlash; NODES] =
-        [NodeFlash::new(), NodeFlash::new(), NodeFlash::new()];
+    static mut FLASHES: [NodeFlash; NODES] = [NodeFlash::new(), NodeFlash::new(), NodeFlash::new()];
     static mut BUFFERS: [LogBuffer; NODES] = [[0; LOG_BUFFER_LEN]; NODES];
     static mut SWITCH: Net = Net::new(SEED_BASE, DROP_PERCENT);
     static mut NODE_STATES: [Node; NODES] = [Node::new(0), Node::new(1), Node::new(2)];
     let switch: &'static Net = SWITCH;
     let nodes: &'static mut [Node; NODES] = NODE_STATES;
-    for ((node, flash), buffer) in nodes.iter_mut().zip(FLASHES.iter_mut()).zip(BUFFERS.iter_mut())
+    for ((node, flash), buffer) in nodes
+        .iter_mut()
+        .zip(FLASHES.iter_mut())
+        .zip(BUFFERS.iter_mut())
     {
         node.parked = Some((flash, buffer));
     }
