@@ -79,8 +79,9 @@ impl<const K: usize, const SENDERS: usize> Driver<K, SENDERS> {
         &mut self.wire
     }
 
-    /// Runs one step at `now` (see the [module docs](self)) with `buffer` (at least the MTU)
-    /// for datagrams, and returns the earliest service deadline. An error means a service
+    /// Runs one step at `now` (see the [module docs](self)) with `buffer` (the MTU plus one
+    /// byte, so transports can tell a whole datagram of exactly the MTU from a cut one) for
+    /// datagrams, and returns the earliest service deadline. An error means a service
     /// failed to sync and is poisoned; the driver keeps working for the others.
     pub fn step<D: Datagram, S: Services, R: Rng>(
         &mut self,
@@ -110,7 +111,10 @@ impl<const K: usize, const SENDERS: usize> Driver<K, SENDERS> {
         services: &mut S,
         buffer: &mut [u8],
     ) {
-        let limit = buffer.len().min(network.mtu());
+        // One byte past the MTU, when the buffer has it: a transport that detects truncation
+        // by a datagram filling its buffer (embedded-nal stacks) then takes a datagram of
+        // exactly the MTU whole.
+        let limit = buffer.len().min(network.mtu().saturating_add(1));
         for _ in 0..RECEIVE_BATCH {
             let received = match network.recv(&mut buffer[..limit]) {
                 Ok(Some(received)) => received,

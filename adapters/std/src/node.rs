@@ -59,7 +59,8 @@ pub struct EventLoop<const K: usize, const SENDERS: usize> {
 impl<const K: usize, const SENDERS: usize> EventLoop<K, SENDERS> {
     /// A loop over `socket` with `driver`; `seed` feeds the gossip's random peer choices.
     pub fn new(driver: Driver<K, SENDERS>, socket: UdpDatagram, seed: u64) -> Self {
-        let buffer = vec![0; socket.mtu()];
+        // One byte past the MTU: see `Driver::step`.
+        let buffer = vec![0; socket.mtu() + 1];
         Self {
             driver,
             socket,

@@ -21,6 +21,9 @@
 //!   merge keeps the larger count per node, so duplicated, reordered or replayed pushes change
 //!   nothing; a retried client request (same client id and request id, within the last
 //!   `DONE` requests) is applied once.
+//! - Gossip carries a node's own count only as far as it is durable: an increment whose commit
+//!   failed never reaches a peer, so a restart cannot leave peers holding a count the node lost
+//!   (their per-node maximum would swallow its next acknowledged increments).
 //! - Once the network delivers enough pushes between every pair of connected nodes (partitions
 //!   healed), every node's value is the exact sum of every acknowledged increment.
 //! - Memory is fixed by the const generics: `N` nodes, `P` peers, `DONE` remembered requests,
@@ -31,6 +34,8 @@
 //! - Entries of other nodes are checkpointed to storage only from time to time: a node that
 //!   restarts relearns them from its peers. A node lost for good takes with it the increments
 //!   no other node had merged yet.
+//! - A node id must not be reused by a node that lost its storage: its new increments would be
+//!   hidden under the count its peers remember until they pass it. Give such a node a new id.
 //! - A cluster larger than `N` nodes cannot be represented: merges that would need more entries
 //!   are refused and counted ([`Stats::capacity_refusals`]).
 
@@ -59,8 +64,10 @@ pub const KIND_ADD: u8 = log::KIND_USER_MIN;
 /// Kind of a frame holding the whole state: every count and the remembered requests.
 pub const KIND_CHECKPOINT: u8 = log::KIND_USER_MIN + 1;
 
-/// Messages waiting to be sent; more are dropped and counted (gossip and clients retry).
-const OUTBOX: usize = 64;
+/// Gossip messages (pushes, acknowledgements) and immediate answers waiting to be sent; more are
+/// dropped and counted (gossip and clients retry). Replies that waited for a sync are sent from
+/// the `PENDING` table instead, so a large group commit never overflows this.
+const OUTBOX: usize = 32;
 /// Acknowledged ranges kept per peer while an earlier range is still missing.
 const ACK_RANGES: usize = 4;
 /// The largest push head: variant, epoch, low, high, count, pull and digest varints.
@@ -122,13 +129,15 @@ struct Done {
     value: u64,
 }
 
-/// A reply that waits for the next sync.
+/// A reply that waits for the next sync, then to be sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pending {
     to: SocketAddr,
     request: u64,
     /// An increment (counted when acknowledged) rather than a read.
     increment: bool,
+    /// `None` until the sync is done; then the answer to send.
+    answer: Option<Message>,
 }
 
 /// What the node knows about one peer.
@@ -271,8 +280,13 @@ pub struct DistributedCounter<
     next_checkpoint: Instant,
     next_round: Instant,
     pending_release: Option<Appended>,
-    /// The digest of `counts`, `None` after a change until it is needed again.
+    /// The digest of the gossiped state, `None` after a change until it is needed again.
     digest_cache: Option<u64>,
+    /// This node's own count as far as it is durable: what gossip carries for it. Staged
+    /// increments join it only when their commit succeeds, so peers never learn an increment
+    /// that a failed sync and a restart could take back (their per-node maximum would then
+    /// swallow the node's next acknowledged increments).
+    durable_own: u64,
     stats: Stats,
 }
 
@@ -408,8 +422,10 @@ impl<
             next_round: Instant::ZERO,
             pending_release: None,
             digest_cache: None,
+            durable_own: 0,
             stats: Stats::default(),
         };
+        node.durable_own = node.counts.get(node.config.node);
         node.config.checkpoint_every = node.config.checkpoint_every.max(1);
         node.config.chunks_per_round = node.config.chunks_per_round.max(1);
         node.restamp_all();
@@ -647,7 +663,7 @@ impl<
         if let Some(digest) = self.digest_cache {
             return digest;
         }
-        let digest = message::digest(self.counts.iter());
+        let digest = message::digest(self.gossiped(0, u64::MAX));
         self.digest_cache = Some(digest);
         digest
     }
@@ -661,6 +677,11 @@ impl<
         if self.counts.add(node, value - current).is_err() {
             self.stats.capacity_refusals += 1;
             return false;
+        }
+        if node == self.config.node {
+            // Peers hold a count of ours above what we recovered (our storage was replaced):
+            // it was durable once, and gossip already carries it.
+            self.durable_own = self.durable_own.max(value);
         }
         self.touch(node);
         self.remote_changes = true;
@@ -745,6 +766,7 @@ impl<
                     to: from.addr,
                     request,
                     increment: true,
+                    answer: None,
                 });
             }
             Err(reason) => self.enqueue(Outgoing::Refuse {
@@ -764,6 +786,7 @@ impl<
                     to: from.addr,
                     request,
                     increment: false,
+                    answer: None,
                 })
                 .is_ok()
         {
@@ -825,11 +848,20 @@ impl<
 
     /// The entries whose stamps lie in `(low, high]`, in node order.
     fn in_range(&self, low: u64, high: u64) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        self.gossiped(low, high)
+    }
+
+    /// What gossip says: every count, this node's own as far as it is durable, zeros left out,
+    /// restricted to the entries whose stamps lie in `(low, high]`.
+    fn gossiped(&self, low: u64, high: u64) -> impl Iterator<Item = (NodeId, u64)> + '_ {
+        let own = self.config.node;
+        let durable_own = self.durable_own;
         self.counts
             .iter()
             .zip(self.stamps.iter())
             .filter(move |&(_, (_, stamp))| stamp > low && stamp <= high)
-            .map(|(entry, _)| entry)
+            .map(move |((node, count), _)| (node, if node == own { durable_own } else { count }))
+            .filter(|&(_, count)| count != 0)
     }
 
     /// The largest stamp `high` such that the entries with stamps in `(low, high]` take at most
@@ -961,6 +993,17 @@ impl<
     }
 
     fn poll_transmit(&mut self, _now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
+        if let Some(index) = self.pending.iter().position(|p| p.answer.is_some()) {
+            let pending = self.pending.swap_remove(index);
+            if let Some(answer) = pending.answer {
+                if let Some(len) = message::encode(&answer, buffer) {
+                    return Some(Transmit {
+                        to: pending.to,
+                        len,
+                    });
+                }
+            }
+        }
         while let Some(outgoing) = self.outbox.pop_front() {
             if let Some(transmit) = self.encode_outgoing(outgoing, buffer) {
                 return Some(transmit);
@@ -979,24 +1022,27 @@ impl<
             return Ok(());
         }
         self.staged = false;
-        if let Err(error) = self.sync() {
-            for pending in core::mem::take(&mut self.pending) {
-                self.enqueue(Outgoing::Refuse {
-                    to: pending.to,
-                    request: pending.request,
-                    reason: Refusal::Unavailable,
-                });
-            }
-            return Err(error);
-        }
+        let synced = self.sync();
         let value = self.value();
-        for pending in core::mem::take(&mut self.pending) {
-            self.stats.increments += u64::from(pending.increment);
-            self.enqueue(Outgoing::Reply {
-                to: pending.to,
-                request: pending.request,
-                value,
+        for pending in self.pending.iter_mut().filter(|p| p.answer.is_none()) {
+            let request = pending.request;
+            pending.answer = Some(match synced {
+                Ok(()) => {
+                    self.stats.increments += u64::from(pending.increment);
+                    Message::Value { request, value }
+                }
+                Err(_) => Message::Refused {
+                    request,
+                    reason: Refusal::Unavailable,
+                },
             });
+        }
+        synced?;
+        let own = self.config.node;
+        if self.counts.get(own) != self.durable_own {
+            // The staged increments are durable: gossip may carry them now (a new stamp).
+            self.durable_own = self.counts.get(own);
+            self.touch(own);
         }
         Ok(())
     }

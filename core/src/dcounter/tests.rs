@@ -176,6 +176,7 @@ fn acknowledged_increments_survive_a_restart_through_checkpoints() {
     for request in 0..23 {
         incr_from_client(&mut node, request, request + 1);
         node.commit().unwrap();
+        assert!(take_reply(&mut node).is_some());
     }
     let expected: u64 = (1..=23).sum();
     assert_eq!(node.value(), expected);
@@ -354,4 +355,108 @@ fn converged_peers_stop_sending_entries() {
         .map(|node| node.stats().entries_raised)
         .collect();
     assert_eq!(raised, after);
+}
+
+/// RAM storage whose writes fail on demand: a failed commit never reaches the medium.
+#[derive(Debug)]
+struct Flaky {
+    inner: Ram,
+    fail_writes: bool,
+}
+
+impl crate::storage::Storage for Flaky {
+    type Error = crate::storage::ContractError;
+
+    fn geometry(&self) -> crate::storage::Geometry {
+        self.inner.geometry()
+    }
+
+    fn read(&mut self, offset: u64, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.inner.read(offset, bytes)
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Self::Error> {
+        if self.fail_writes {
+            return Err(crate::storage::ContractError::OutOfRange);
+        }
+        self.inner.write(offset, bytes)
+    }
+
+    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
+        self.inner.erase(offset, len)
+    }
+
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn an_increment_whose_commit_failed_never_reaches_a_peer() {
+    type FlakyNode = DistributedCounter<Flaky, [u8; 2048], 8, 8, 16, 8>;
+    let open_flaky = |storage: Ram, incarnation: u32| {
+        let flaky = Flaky {
+            inner: storage,
+            fail_writes: false,
+        };
+        FlakyNode::open(flaky, [0; 2048], config(0, incarnation), &[addr(1)])
+            .unwrap()
+            .0
+    };
+    let mut a = std::boxed::Box::new(open_flaky(RamStorage::new(8, 512, 0xFF).unwrap(), 1));
+    let mut b = std::boxed::Box::new(fresh(1, 2));
+    let mut rng = SplitMix64::new(5);
+    let client = Peer {
+        addr: addr(CLIENT),
+        node: NodeId(0x8000_0000),
+        incarnation: 7,
+    };
+    let incr = |request: u64, by: u64| {
+        let mut payload = [0u8; 64];
+        let len = message::encode(&Message::Incr { request, by }, &mut payload).unwrap();
+        (payload, len)
+    };
+    let mut buffer = [0u8; 1400];
+    let mut gossip = |a: &mut FlakyNode, b: &mut Node, now: Instant, rng: &mut SplitMix64| {
+        a.handle_timeout(now, rng);
+        b.handle_timeout(now, rng);
+        while let Some(t) = a.poll_transmit(now, &mut buffer) {
+            if t.to == addr(1) {
+                b.handle_message(now, peer(0, a.config.incarnation), &buffer[..t.len]);
+            }
+        }
+        while let Some(t) = b.poll_transmit(now, &mut buffer) {
+            if t.to == addr(0) {
+                a.handle_message(now, peer(1, 1), &buffer[..t.len]);
+            }
+        }
+    };
+    let (payload, len) = incr(1, 5);
+    a.handle_message(Instant::ZERO, client, &payload[..len]);
+    a.commit().unwrap();
+    gossip(&mut a, &mut b, Instant::ZERO, &mut rng);
+    assert_eq!(b.value(), 5);
+    // An increment of 100 whose commit fails; the step then sends what it has (a push).
+    let (payload, len) = incr(2, 100);
+    a.handle_message(Instant::from_millis(500), client, &payload[..len]);
+    a.log.storage_mut().fail_writes = true;
+    assert!(a.commit().is_err());
+    gossip(&mut a, &mut b, Instant::from_millis(1000), &mut rng);
+    // The node restarts from its medium: the 100 never landed. It acknowledges 1 more.
+    let (flaky, _) = a.into_parts();
+    let mut a = std::boxed::Box::new(open_flaky(flaky.inner, 2));
+    assert_eq!(a.value(), 5);
+    let (payload, len) = incr(3, 1);
+    a.handle_message(Instant::from_millis(2000), client, &payload[..len]);
+    a.commit().unwrap();
+    for round in 0..20 {
+        gossip(
+            &mut a,
+            &mut b,
+            Instant::from_millis(3000 + round * 250),
+            &mut rng,
+        );
+    }
+    assert_eq!(b.value(), 6, "5 and 1 acknowledged; the 100 never was");
+    assert_eq!(a.value(), 6);
 }
