@@ -720,3 +720,16 @@ fn a_closed_replica_reopens_cleanly_and_appends_in_place() {
     let next = replica.append(Instant::ZERO, b"next").unwrap();
     assert_eq!(next.counter, staged.counter + 1);
 }
+
+#[test]
+fn a_record_with_an_overlong_varint_is_refused() {
+    let message = record(1, 1, b"hi");
+    let Some(Message::Entry { record: canonical }) = Message::decode(&message) else {
+        panic!("an entry message");
+    };
+    assert!(super::wire::check_record(canonical, 64).is_some());
+    // The origin 1 written in two bytes (0x81 0x00) instead of one: same value, other bytes.
+    let mut overlong = StdVec::from([0x81, 0x00]);
+    overlong.extend_from_slice(&canonical[1..]);
+    assert!(super::wire::check_record(&overlong, 64).is_none());
+}

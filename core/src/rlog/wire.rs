@@ -244,7 +244,7 @@ pub(super) fn check_record(bytes: &[u8], data_max: usize) -> Option<Checked<'_>>
         Ok((record, [])) => record,
         _ => return None,
     };
-    if record.counter == 0 || record.data.len() > data_max {
+    if record.counter == 0 || record.data.len() > data_max || record_len(&record) != bytes.len() {
         return None;
     }
     let (_, depth) = check_pairs(record.context, NodeId(0), NodeId(u32::MAX))?;
@@ -252,6 +252,21 @@ pub(super) fn check_record(bytes: &[u8], data_max: usize) -> Option<Checked<'_>>
         return None;
     }
     Some(Checked { record, depth })
+}
+
+/// The canonical encoded length of `record`: postcard accepts overlong varints, and a record is
+/// stored and forwarded byte for byte, so only the shortest form is taken (every replica then
+/// holds the same bytes for an entry).
+fn record_len(record: &Record<'_>) -> usize {
+    let request = record.request.map_or(1, |(client, id)| {
+        1 + varint_len(u64::from(client.0)) + varint_len(id)
+    });
+    let bytes = |len: usize| varint_len(len as u64) + len;
+    varint_len(u64::from(record.origin.0))
+        + varint_len(record.counter)
+        + request
+        + bytes(record.context.len())
+        + bytes(record.data.len())
 }
 
 /// Iterates `(node, count)` pairs; ends at the first pair that does not decode.
@@ -273,9 +288,11 @@ pub(super) fn check_pairs(bytes: &[u8], low: NodeId, high: NodeId) -> Option<(us
     // Every pair takes at least two bytes: the loop ends.
     while !rest.is_empty() {
         let ((node, value), tail) = postcard::take_from_bytes::<(NodeId, u64)>(rest).ok()?;
+        let used = rest.len() - tail.len();
         rest = tail;
         let ordered = previous.is_none_or(|previous| previous < node);
-        if !ordered || node < low || node > high || value == 0 {
+        let canonical = used == varint_len(u64::from(node.0)) + varint_len(value);
+        if !ordered || !canonical || node < low || node > high || value == 0 {
             return None;
         }
         previous = Some(node);
