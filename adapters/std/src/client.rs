@@ -8,7 +8,9 @@
 //! the node applies a retried request once.
 //!
 //! Not guaranteed: an answer. After [`ClientError::Timeout`] the request may or may not have
-//! been applied; retrying it with the same request id is safe.
+//! been applied; retrying it with the same request id through the same [`Client`] is safe (the
+//! node remembers requests by client id and request id, and each `Client` has its own random
+//! id).
 
 use std::fmt;
 use std::io;

@@ -15,14 +15,17 @@ pub const ENTRIES_MAX: u32 = 4096;
 /// The largest encoded size of one entry: a u32 and a u64 varint.
 pub const ENTRY_LEN_MAX: usize = 5 + 10;
 
-/// Why a request was refused. The request changed nothing.
+/// Why a request was refused. The request changed nothing, except as [`Refusal::Unavailable`]
+/// says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[non_exhaustive]
 pub enum Refusal {
     /// The node's own count would pass `u64::MAX`.
     Overflow,
-    /// The node cannot take writes: its storage failed (it is poisoned) or is full.
+    /// The node cannot take writes: its storage failed (it is poisoned) or is full. When this
+    /// answers a request whose sync failed, the outcome is unknown: the record may still have
+    /// reached the medium, and the node counts it after a restart if it did.
     Unavailable,
     /// Too many requests wait for the next sync; retry.
     Busy,

@@ -36,6 +36,13 @@
 //!   no other node had merged yet.
 //! - A node id must not be reused by a node that lost its storage: its new increments would be
 //!   hidden under the count its peers remember until they pass it. Give such a node a new id.
+//!   The same holds after recovery cut synced records (mid-log corruption, or damage to the
+//!   last synced batch, which recovery cannot tell from a torn tail): the recovered own count
+//!   may be below what peers hold, and increments acknowledged before the peers' count is
+//!   passed are absorbed. The node warns at start when recovery found damage.
+//! - Anyone holding the cluster key is trusted as a node (SPEC.md §6.7): it can push any count
+//!   for any node id. A captured client request can be replayed once the envelope's replay
+//!   record and the `DONE` window have both forgotten it (SPEC.md §6.7).
 //! - A cluster larger than `N` nodes cannot be represented: merges that would need more entries
 //!   are refused and counted ([`Stats::capacity_refusals`]).
 
@@ -133,9 +140,11 @@ struct Done {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pending {
     to: SocketAddr,
+    /// The client that asked.
+    client: NodeId,
     request: u64,
-    /// An increment (counted when acknowledged) rather than a read.
-    increment: bool,
+    /// The value recorded with the increment: a retry after the sync gets it.
+    value: u64,
     /// `None` until the sync is done; then the answer to send.
     answer: Option<Message>,
 }
@@ -287,6 +296,8 @@ pub struct DistributedCounter<
     /// that a failed sync and a restart could take back (their per-node maximum would then
     /// swallow the node's next acknowledged increments).
     durable_own: u64,
+    /// A commit failed: the store is poisoned, and every request is refused.
+    poisoned: bool,
     stats: Stats,
 }
 
@@ -423,6 +434,7 @@ impl<
             pending_release: None,
             digest_cache: None,
             durable_own: 0,
+            poisoned: false,
             stats: Stats::default(),
         };
         node.durable_own = node.counts.get(node.config.node);
@@ -449,6 +461,14 @@ impl<
 
     /// Records that `node`'s count changed: it gets the next stamp.
     fn touch(&mut self, node: NodeId) {
+        // `stamps` holds exactly the nodes of `counts`: gossip pairs them entry by entry.
+        debug_assert!(
+            self.counts.get(node) != 0,
+            "a stamp for a node without a count"
+        );
+        if self.counts.get(node) == 0 {
+            return;
+        }
         self.digest_cache = None;
         self.clock += 1;
         let current = self.stamps.get(node);
@@ -460,6 +480,13 @@ impl<
     pub fn value(&self) -> u64 {
         self.counts
             .iter()
+            .fold(0u64, |sum, (_, count)| sum.saturating_add(count))
+    }
+
+    /// The sum of the counts as gossip carries them: this node's own only as far as it is
+    /// durable (saturating at `u64::MAX`).
+    pub fn durable_value(&self) -> u64 {
+        self.gossiped(0, u64::MAX)
             .fold(0u64, |sum, (_, count)| sum.saturating_add(count))
     }
 
@@ -508,6 +535,13 @@ impl<
     /// Appends an increment record and applies it; the caller sends the reply after commit.
     fn stage_add(&mut self, by: u64, client: NodeId, request: u64) -> Result<u64, Refusal> {
         let own = self.config.node;
+        if self.poisoned {
+            return Err(Refusal::Unavailable);
+        }
+        if by == 0 {
+            // Nothing to record, and no entry to create (a zero count is never stored).
+            return Ok(self.value());
+        }
         let count = self
             .counts
             .get(own)
@@ -530,9 +564,6 @@ impl<
         // Checked above: the count fits and there is room for the node.
         let _ = self.counts.add(own, count - self.counts.get(own));
         self.touch(own);
-        if client != own {
-            remember(&mut self.done, client, request, value);
-        }
         self.since_checkpoint += 1;
         if self.since_checkpoint >= self.config.checkpoint_every || self.log.free_segments() <= 2 {
             // A failed checkpoint leaves the increment staged; the next one will try again.
@@ -577,14 +608,21 @@ impl<
     }
 
     /// Forgets what a peer acknowledged when it restarted: it may have lost merged entries.
-    fn observe_incarnation(&mut self, index: usize, incarnation: u32) {
+    /// Forgets what a peer acknowledged when it restarted (a newer incarnation): it may have
+    /// lost merged entries. Returns false for a message from an older incarnation than the
+    /// newest seen, which must not count as an acknowledgement.
+    fn observe_incarnation(&mut self, index: usize, incarnation: u32) -> bool {
         let peer = &mut self.peers[index];
+        if incarnation < peer.incarnation {
+            return false;
+        }
         if peer.incarnation != incarnation {
             peer.incarnation = incarnation;
             peer.acked = 0;
             peer.cursor = 0;
             peer.ranges = [(0, 0); ACK_RANGES];
         }
+        true
     }
 
     fn enqueue(&mut self, outgoing: Outgoing) {
@@ -648,7 +686,9 @@ impl<
             });
         }
         if let Some(index) = self.peer_index(from.addr) {
-            self.observe_incarnation(index, from.incarnation);
+            if !self.observe_incarnation(index, from.incarnation) {
+                return; // A late push of an earlier life: its entries merged, nothing more.
+            }
             if digest == mine {
                 // The sender's state equals ours: it holds everything we have.
                 self.peers[index].acked = self.clock;
@@ -696,7 +736,9 @@ impl<
         let Some(index) = self.peer_index(from.addr) else {
             return;
         };
-        self.observe_incarnation(index, from.incarnation);
+        if !self.observe_incarnation(index, from.incarnation) {
+            return; // An acknowledgement from an earlier life of the peer proves nothing now.
+        }
         if digest == self.digest() {
             // The peer's state equals ours: it holds every entry, whatever ranges it missed.
             self.peers[index].acked = self.clock;
@@ -733,17 +775,15 @@ impl<
     }
 
     fn handle_incr(&mut self, from: Peer, request: u64, by: u64) {
-        if self
-            .pending
-            .iter()
-            .any(|p| p.to == from.addr && p.request == request)
-        {
+        let same = |client: NodeId, id: u64| client == from.node && id == request;
+        if self.pending.iter().any(|p| same(p.client, p.request)) {
             return; // Its reply goes out after the sync that is coming.
         }
+        // Only requests whose sync succeeded are remembered, so this answer is durable.
         if let Some(done) = self
             .done
             .iter()
-            .find(|done| done.client == from.node && done.request == request)
+            .find(|done| same(done.client, done.request))
         {
             let value = done.value;
             self.stats.retries_answered += 1;
@@ -756,16 +796,26 @@ impl<
         }
         let outcome = if self.pending.is_full() {
             Err(Refusal::Busy)
+        } else if by == 0 {
+            // Nothing to add: the answer is the durable value, at once.
+            let value = self.durable_value();
+            self.enqueue(Outgoing::Reply {
+                to: from.addr,
+                request,
+                value,
+            });
+            return;
         } else {
             self.stage_add(by, from.node, request)
         };
         match outcome {
-            Ok(_) => {
+            Ok(value) => {
                 // Room was checked above.
                 let _ = self.pending.push(Pending {
                     to: from.addr,
+                    client: from.node,
                     request,
-                    increment: true,
+                    value,
                     answer: None,
                 });
             }
@@ -778,21 +828,9 @@ impl<
     }
 
     fn handle_get(&mut self, from: Peer, request: u64) {
-        // A read waits for staged writes, so a client reads what it was told is durable.
-        if self.staged
-            && self
-                .pending
-                .push(Pending {
-                    to: from.addr,
-                    request,
-                    increment: false,
-                    answer: None,
-                })
-                .is_ok()
-        {
-            return;
-        }
-        let value = self.value();
+        // The durable view: a client reads what it was told is durable, and nothing that a
+        // failed sync could take back.
+        let value = self.durable_value();
         self.enqueue(Outgoing::Reply {
             to: from.addr,
             request,
@@ -1028,7 +1066,8 @@ impl<
             let request = pending.request;
             pending.answer = Some(match synced {
                 Ok(()) => {
-                    self.stats.increments += u64::from(pending.increment);
+                    self.stats.increments += 1;
+                    remember(&mut self.done, pending.client, request, pending.value);
                     Message::Value { request, value }
                 }
                 Err(_) => Message::Refused {
@@ -1036,6 +1075,10 @@ impl<
                     reason: Refusal::Unavailable,
                 },
             });
+        }
+        if synced.is_err() {
+            // The storage is poisoned: refuse everything from now on (a restart recovers).
+            self.poisoned = true;
         }
         synced?;
         let own = self.config.node;

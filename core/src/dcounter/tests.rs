@@ -460,3 +460,114 @@ fn an_increment_whose_commit_failed_never_reaches_a_peer() {
     assert_eq!(b.value(), 6, "5 and 1 acknowledged; the 100 never was");
     assert_eq!(a.value(), 6);
 }
+
+/// Moves every queued message between nodes whose link `allowed` permits.
+fn exchange_links(nodes: &mut [Node], now: Instant, allowed: impl Fn(usize, usize) -> bool) {
+    let mut flights: HeapVec<Flight> = HeapVec::new();
+    let count = nodes.len();
+    for (from, node) in nodes.iter_mut().enumerate() {
+        let mut buffer = [0u8; 1400];
+        while let Some(transmit) = node.poll_transmit(now, &mut buffer) {
+            let to = (0..CLIENT + 1).find(|&i| addr(i) == transmit.to).unwrap();
+            if to < count && allowed(from, to) {
+                flights.push(Flight {
+                    from,
+                    to,
+                    bytes: buffer[..transmit.len].to_vec(),
+                });
+            }
+        }
+    }
+    for flight in flights {
+        nodes[flight.to].handle_message(now, peer(flight.from, 1), &flight.bytes);
+    }
+    for node in nodes.iter_mut() {
+        node.commit().unwrap();
+    }
+}
+
+#[test]
+fn a_zero_increment_leaves_gossip_relaying_every_entry() {
+    let mut rng = SplitMix64::new(11);
+    let mut nodes: HeapVec<Node> = (0..3).map(|index| fresh(index, 3)).collect();
+    // B (1) and C (2) cannot talk; A (0) relays.
+    let links = |from: usize, to: usize| !matches!((from, to), (1, 2) | (2, 1));
+    incr_from_client(&mut nodes[0], 1, 0); // a zero increment on A
+    nodes[0].commit().unwrap();
+    let _ = take_reply(&mut nodes[0]);
+    incr_from_client(&mut nodes[1], 1, 5);
+    nodes[1].commit().unwrap();
+    let mut t = 0;
+    for _ in 0..20 {
+        t += 250;
+        for node in nodes.iter_mut() {
+            node.handle_timeout(Instant::from_millis(t), &mut rng);
+        }
+        exchange_links(&mut nodes, Instant::from_millis(t), links);
+    }
+    assert_eq!(nodes[2].value(), 5, "C learned B's 5 through A");
+    incr_from_client(&mut nodes[1], 2, 4);
+    nodes[1].commit().unwrap();
+    for _ in 0..60 {
+        t += 250;
+        for node in nodes.iter_mut() {
+            node.handle_timeout(Instant::from_millis(t), &mut rng);
+        }
+        exchange_links(&mut nodes, Instant::from_millis(t), links);
+    }
+    assert_eq!(nodes[0].value(), 9, "A has B's 9");
+    assert_eq!(nodes[2].value(), 9, "C should learn B's 9 through A");
+}
+
+#[test]
+fn a_retry_after_a_failed_commit_is_not_answered_as_done() {
+    type FlakyNode = DistributedCounter<Flaky, [u8; 2048], 8, 8, 16, 8>;
+    let flaky = Flaky {
+        inner: RamStorage::new(8, 512, 0xFF).unwrap(),
+        fail_writes: false,
+    };
+    let mut a = std::boxed::Box::new(
+        FlakyNode::open(flaky, [0; 2048], config(0, 1), &[addr(1)])
+            .unwrap()
+            .0,
+    );
+    let client = Peer {
+        addr: addr(CLIENT),
+        node: NodeId(0x8000_0000),
+        incarnation: 7,
+    };
+    let mut payload = [0u8; 64];
+    let len = message::encode(
+        &Message::Incr {
+            request: 42,
+            by: 100,
+        },
+        &mut payload,
+    )
+    .unwrap();
+    a.handle_message(Instant::ZERO, client, &payload[..len]);
+    a.log.storage_mut().fail_writes = true;
+    assert!(a.commit().is_err());
+    let mut buffer = [0u8; 1400];
+    let t = a.poll_transmit(Instant::ZERO, &mut buffer).unwrap();
+    let first = message::decode(&buffer[..t.len]).unwrap().0;
+    assert!(matches!(first, Message::Refused { .. }), "{first:?}");
+    // The client retries (the driver keeps running a poisoned service).
+    a.handle_message(Instant::ZERO, client, &payload[..len]);
+    let _ = a.commit();
+    let t = a.poll_transmit(Instant::ZERO, &mut buffer).unwrap();
+    let retry = message::decode(&buffer[..t.len]).unwrap().0;
+    let (flaky, _) = a.into_parts();
+    let reopened = FlakyNode::open(flaky, [0; 2048], config(0, 2), &[])
+        .unwrap()
+        .0;
+    assert_eq!(
+        reopened.value(),
+        0,
+        "the increment never reached the medium"
+    );
+    assert!(
+        !matches!(retry, Message::Value { .. }),
+        "an increment that never became durable was acknowledged"
+    );
+}
