@@ -567,15 +567,40 @@ impl<
         self.since_checkpoint += 1;
         if self.since_checkpoint >= self.config.checkpoint_every || self.log.free_segments() <= 2 {
             // A failed checkpoint leaves the increment staged; the next one will try again.
-            let _ = self.stage_checkpoint();
+            let staging = (client != own).then_some(Done {
+                client,
+                request,
+                value,
+            });
+            let _ = self.stage_checkpoint(staging);
         }
         Ok(value)
     }
 
     /// Appends the whole state; the segments before it are released with the next sync.
-    fn stage_checkpoint(&mut self) -> Result<(), AppendError<S::Error>> {
+    fn stage_checkpoint(&mut self, staging: Option<Done>) -> Result<(), AppendError<S::Error>> {
+        // The checkpoint's counts include the staged increments, so its requests must too: a
+        // restart that replays it must recognise their retries (they go into `done` in memory
+        // only once their sync succeeds).
+        let mut remembered = self.done.clone();
+        for pending in self.pending.iter().filter(|p| p.answer.is_none()) {
+            remember(
+                &mut remembered,
+                pending.client,
+                pending.request,
+                pending.value,
+            );
+        }
+        if let Some(request) = staging {
+            remember(
+                &mut remembered,
+                request.client,
+                request.request,
+                request.value,
+            );
+        }
         let mut done: Vec<Done, DONE> = Vec::new();
-        for &request in self.done.iter() {
+        for &request in remembered.iter() {
             let _ = done.push(request);
         }
         let appended = self.log.append(KIND_CHECKPOINT, |area| {
@@ -1010,7 +1035,7 @@ impl<
         if self.remote_changes && now >= self.next_checkpoint {
             self.next_checkpoint = now + self.config.checkpoint_interval;
             // A failed append leaves `remote_changes` set: the next deadline tries again.
-            let _ = self.stage_checkpoint();
+            let _ = self.stage_checkpoint(None);
         }
         if now < self.next_round {
             return;

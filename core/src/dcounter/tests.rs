@@ -571,3 +571,29 @@ fn a_retry_after_a_failed_commit_is_not_answered_as_done() {
         "an increment that never became durable was acknowledged"
     );
 }
+
+#[test]
+fn a_retry_after_a_restart_is_recognised_when_a_checkpoint_shared_its_sync() {
+    let mut node = fresh(0, 1);
+    // The fifth increment is followed by a checkpoint in the same sync (checkpoint_every = 5).
+    for request in 1..=5 {
+        incr_from_client(&mut node, request, 10);
+        node.commit().unwrap();
+        assert!(take_reply(&mut node).is_some());
+    }
+    assert!(node.stats().checkpoints >= 1);
+    let (storage, _) = node.log.into_parts();
+    let mut node = open(storage, 0, 2, 1);
+    assert_eq!(node.value(), 50);
+    // The reply to request 5 was lost; the client retries after the restart.
+    incr_from_client(&mut node, 5, 10);
+    assert_eq!(
+        take_reply(&mut node),
+        Some(Message::Value {
+            request: 5,
+            value: 50
+        })
+    );
+    node.commit().unwrap();
+    assert_eq!(node.value(), 50, "applied once");
+}
