@@ -372,19 +372,33 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         Cursor::new(self.start_position(start), expected)
     }
 
-    /// A cursor at the start of the segment of `epoch` (which may be released or not yet
-    /// written: reading from it then says so). When the live log starts inside that segment
-    /// (a release before one of its frames), the cursor starts there instead, at the first
-    /// frame still live.
-    pub fn segment_cursor(&self, epoch: u32) -> Cursor {
-        if epoch == self.live_start().epoch {
-            return self.cursor();
+    /// A cursor at the first live frame of the segment of `epoch`, or past the end of the log
+    /// when nothing was written there yet. A released `epoch` gives a cursor whose reads say
+    /// [`ReadError::Released`].
+    ///
+    /// A segment's header alone does not say which of its frames are live: after a crash with
+    /// every segment live, recovery resumes appending inside the newest segment behind a cut,
+    /// and frames written before the cut with the same sequence numbers are not part of the log.
+    /// So the cursor is found by walking from the live start with the expected sequence numbers,
+    /// as recovery does: the cost is a read of every live frame before `epoch`.
+    pub fn segment_cursor(&mut self, epoch: u32) -> Result<Cursor, ReadError<S::Error>> {
+        let start = self.live_start();
+        if epoch < start.epoch {
+            let position = Position {
+                epoch,
+                offset: self.layout.slot_start(epoch),
+            };
+            return Ok(Cursor::new(position, None));
         }
-        let position = Position {
-            epoch,
-            offset: self.layout.slot_start(epoch),
-        };
-        Cursor::new(position, None)
+        let mut cursor = self.cursor();
+        // Bounded: every step consumes one live frame, and the log holds finitely many.
+        loop {
+            let mut probe = cursor;
+            match self.read_next(&mut probe)? {
+                Some((frame, _)) if frame.position.epoch < epoch => cursor = probe,
+                _ => return Ok(cursor),
+            }
+        }
     }
 
     /// The epoch of the first live segment (frames before it are released).

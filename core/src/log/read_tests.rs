@@ -157,7 +157,7 @@ fn a_released_position_fails_cleanly_even_once_overwritten() {
         byte = byte.wrapping_add(1);
     }
     assert_eq!(log.read(old.position, &mut out), Err(ReadError::Released));
-    let mut stale = log.segment_cursor(old.position.epoch);
+    let mut stale = log.segment_cursor(old.position.epoch).unwrap();
     assert_eq!(log.read_next(&mut stale), Err(ReadError::Released));
 }
 
@@ -174,7 +174,7 @@ fn a_segment_cursor_starts_at_the_live_start_when_a_release_cut_its_segment() {
     log.sync().unwrap();
     log.release_before(kept).unwrap();
     // The segment's header and first frame are released; the cursor starts at `kept`.
-    let mut cursor = log.segment_cursor(kept.position.epoch);
+    let mut cursor = log.segment_cursor(kept.position.epoch).unwrap();
     let (frame, payload) = log.read_next(&mut cursor).unwrap().unwrap();
     assert_eq!(
         (frame.sequence, frame.position, payload[0]),
@@ -282,4 +282,47 @@ proptest! {
             }
         }
     }
+}
+
+#[test]
+fn a_segment_cursor_skips_frames_behind_a_cut_in_a_segment_whose_header_is_stale() {
+    let mut storage = ram();
+    let config = Config {
+        payload_max: 32,
+        ..Config::default()
+    };
+    let (mut log, _) = Log::open(&mut storage, [0u8; 256], config, |_| Ok::<(), ()>(())).unwrap();
+    let last = log.segments();
+    // Fill every segment but the last, synced; then frames without a sync until one opens the
+    // last segment: `a` is the last frame of the segment before, `b` the first of the last.
+    while log.newest_epoch() < last - 1 {
+        append(&mut log, 1);
+        log.sync().unwrap();
+    }
+    let mut a = append(&mut log, 2);
+    let mut b = append(&mut log, 3);
+    while b.position.epoch != last {
+        a = b;
+        b = append(&mut log, 3);
+    }
+    append(&mut log, 4);
+    log.sync().unwrap();
+    drop(log);
+    // `a` is torn: recovery cuts the log there and, every segment being live, resumes inside
+    // the last segment, behind `b` (whose segment header carries `a`'s sequence + 1).
+    storage.bytes_mut()[a.position.offset as usize + 30] ^= 0xFF;
+    let (mut log, recovery) =
+        Log::open(&mut storage, [0u8; 256], config, |_| Ok::<(), ()>(())).unwrap();
+    assert!(recovery.torn_tail.is_some() && recovery.corruption.is_none());
+    assert!(recovery.appends_in_place);
+    let d = append(&mut log, 5);
+    log.sync().unwrap();
+    assert_eq!((d.sequence, d.position.epoch), (a.sequence, last));
+    let mut cursor = log.segment_cursor(last).unwrap();
+    let (frame, payload) = log.read_next(&mut cursor).unwrap().unwrap();
+    assert_eq!(
+        (frame.sequence, payload[0]),
+        (d.sequence, 5),
+        "the first live frame of the last segment is the one after the cut, not the stale b"
+    );
 }

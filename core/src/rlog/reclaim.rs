@@ -34,6 +34,15 @@
 //! - A segment holding entries of more than [`super::index::ORIGINS_PER_SEGMENT`] origins
 //!   (an overflowed summary) cannot be shown covered: neither it nor any later segment is
 //!   released. Size `ORIGINS_PER_SEGMENT` for the cluster's writing origins.
+//! - Capacity: the entries not yet held by every replica must fit one replica's log. When every
+//!   replica is full and each one's oldest segment holds entries some peer lacks, those peers
+//!   refuse the entries (they are full too) and nothing converges: a cluster-wide stall, found
+//!   by the simulation with logs of 3–5 segments. Size the logs for the backlog a partition may
+//!   build up; there is no backlog limit on local appends yet.
+//! - A peer's counts are kept at the highest it ever reported: a peer that lost entries
+//!   (mid-log corruption, a wiped directory) is still believed to hold them, and entries may be
+//!   released that it then never gets from this replica. Such a peer must rejoin under a new
+//!   node id.
 //!
 //! [`Log::release_before`]: crate::log::Log::release_before
 //! [`RlogError::Full`]: super::RlogError::Full
@@ -105,22 +114,25 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
         let boundary = (first..=newest)
             .find(|&epoch| !self.summaries.covered(epoch, held_by_all))
             .unwrap_or(newest);
-        if boundary <= first {
-            return false;
-        }
-        let Some(frame) = self.floored_start(boundary) else {
+        // The newest segment at or before the boundary whose first frames hold a floor: a
+        // segment whose floor was lost to a crash (or spilled over) cannot start the live log,
+        // but an earlier one can still free what lies before it.
+        let Some((epoch, frame)) = ((first + 1)..=boundary)
+            .rev()
+            .find_map(|epoch| self.floored_start(epoch).map(|frame| (epoch, frame)))
+        else {
             return false;
         };
         if self.log.release_before(frame).is_err() {
             return false;
         }
-        self.stats.reclaimed += u64::from(boundary - first);
+        self.stats.reclaimed += u64::from(epoch - first);
         true
     }
 
     /// The first frame of the segment of `epoch`, if a floor frame is among its first two.
     fn floored_start(&mut self, epoch: u32) -> Option<Appended> {
-        let mut cursor = self.log.segment_cursor(epoch);
+        let mut cursor = self.log.segment_cursor(epoch).ok()?;
         let (first, _) = self.log.read_next(&mut cursor).ok()??;
         if first.position.epoch != epoch {
             return None;

@@ -58,12 +58,16 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
                 self.stats.unsent += count;
                 continue;
             };
+            let Ok(cursor) = self.log.segment_cursor(epoch) else {
+                self.stats.unsent += count;
+                continue;
+            };
             let job = Job::Entries {
                 to,
                 origin,
                 next,
                 last: known + count,
-                cursor: self.log.segment_cursor(epoch),
+                cursor,
             };
             if self.jobs.push_back(job).is_err() {
                 self.stats.dropped += 1;
