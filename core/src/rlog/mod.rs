@@ -65,7 +65,13 @@
 //! - Reading released entries: reads and anti-entropy serve the entries still stored; see
 //!   [`reclaim`] for what reclamation does not do.
 //! - Reads walk the whole live log once per page (bounded RAM, no per-entry index): cost grows
-//!   with the log.
+//!   with the log (reading all of 2 001 entries through `bedrock log read` took 0.21 s, all of
+//!   10 001 took 4.5 s: quadratic). Finding a segment's first live frame (anti-entropy,
+//!   reclamation) also walks from the live start.
+//! - A replica whose recovery cut durable entries (mid-log corruption, or a wiped directory
+//!   under the same node id) continues its own counter from what it recovered: its next appends
+//!   reuse dots that peers already hold with other data, so peers drop them as duplicates. Such
+//!   a replica must rejoin under a new node id (the node warns when recovery found damage).
 
 mod causal;
 pub mod index;
