@@ -18,7 +18,9 @@
 //! - [`service`] — the sans-IO shape of networked services;
 //! - [`wire`] — the wire envelope: ChaCha20-Poly1305 under a cluster keyring, replay window (see SPEC.md);
 //! - [`driver`] — one loop step of a node: open, dispatch, commit, seal, send;
-//! - [`dcounter`] — the distributed counter (G-Counter gossip, durable increments).
+//! - [`dcounter`] — the distributed counter (G-Counter gossip, durable increments);
+//! - [`jobs`] — the job scheduler: jobs and their transitions in a log, leases with fencing
+//!   tokens, retries with backoff, a dead-letter state.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -33,6 +35,7 @@ pub mod crdt;
 pub mod dcounter;
 pub mod driver;
 pub mod frame;
+pub mod jobs;
 pub mod log;
 pub mod net;
 pub mod rlog;

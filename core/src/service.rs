@@ -24,6 +24,8 @@ pub mod kind {
     pub const COUNTER: u8 = 1;
     /// The leaderless replicated log (anti-entropy between nodes and client requests).
     pub const REPLICATED_LOG: u8 = 2;
+    /// The job scheduler (client and worker requests).
+    pub const JOBS: u8 = 4;
 }
 
 /// The sender of a message, as the wire envelope authenticated it.

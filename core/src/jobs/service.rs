@@ -1,0 +1,249 @@
+//! The scheduler as a [`Service`]: client messages in, answers out, writes answered only after
+//! the group commit, lease expiry on timeouts.
+
+use super::message::{self, Message, Refusal};
+use super::{Answer, CommitError, NewJob, Reply, Scheduler, State};
+use crate::rng::Rng;
+use crate::service::{self, Peer, Service, Transmit};
+use crate::storage::Storage;
+use crate::time::Instant;
+use core::time::Duration;
+
+impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PENDING: usize>
+    Scheduler<S, B, JOBS, DONE, PENDING>
+{
+    /// Queues an answer that needs no sync.
+    fn answer_now(&mut self, from: Peer, request: u64, answer: Answer) {
+        let reply = Reply {
+            to: from.addr,
+            request,
+            answer,
+        };
+        if self.outbox.push_back(reply).is_err() {
+            self.stats.outbox_full += 1;
+        }
+    }
+
+    /// Queues an answer that may depend on staged writes: it goes out after the next successful
+    /// commit (at once when nothing is staged). Callers checked that `pending` has room.
+    fn answer_after_commit(&mut self, from: Peer, request: u64, answer: Answer) {
+        let reply = Reply {
+            to: from.addr,
+            request,
+            answer,
+        };
+        if !self.staged || self.pending.push((reply, false)).is_err() {
+            self.answer_now(from, request, answer);
+        }
+    }
+
+    /// Runs a request that may write; its answer waits for the commit.
+    fn write_request(
+        &mut self,
+        from: Peer,
+        request: u64,
+        run: impl FnOnce(&mut Self) -> Result<Answer, Refusal>,
+    ) {
+        if self.pending.is_full() {
+            self.answer_now(from, request, Answer::Refused(Refusal::Busy));
+            return;
+        }
+        match run(self) {
+            Ok(answer) => self.answer_after_commit(from, request, answer),
+            Err(reason) => self.answer_now(from, request, Answer::Refused(reason)),
+        }
+    }
+
+    fn handle(&mut self, now: Instant, from: Peer, message: Message<'_>) {
+        match message {
+            Message::Submit {
+                request,
+                key,
+                priority,
+                delay_ms,
+                max_attempts,
+                payload,
+            } => {
+                let job = NewJob {
+                    key,
+                    priority,
+                    delay: Duration::from_millis(delay_ms),
+                    max_attempts,
+                    payload,
+                };
+                self.write_request(from, request, |this| {
+                    this.submit(now, &job).map(Answer::Submitted)
+                });
+            }
+            Message::Claim { request } => self.write_request(from, request, |this| {
+                Ok(this
+                    .claim(now, from.node)?
+                    .map_or(Answer::NoJob, Answer::Claimed))
+            }),
+            Message::Heartbeat {
+                request,
+                job,
+                token,
+            } => {
+                let answer = match self.heartbeat(now, job, token) {
+                    Ok(lease) => Answer::Done {
+                        job,
+                        lease: Some(lease),
+                    },
+                    Err(reason) => Answer::Refused(reason),
+                };
+                self.answer_now(from, request, answer);
+            }
+            Message::Complete {
+                request,
+                job,
+                token,
+            } => self.write_request(from, request, |this| {
+                this.complete(now, job, token)
+                    .map(|()| Answer::Done { job, lease: None })
+            }),
+            Message::Fail {
+                request,
+                job,
+                token,
+            } => self.handle_fail(now, from, (request, job, token)),
+            Message::List { request, after } => {
+                self.answer_now(from, request, Answer::Listed { after })
+            }
+            Message::Retry { request, job } => self.write_request(from, request, |this| {
+                this.requeue(now, job)
+                    .map(|()| Answer::Done { job, lease: None })
+            }),
+            // Answers are for clients; a scheduler ignores them.
+            Message::Submitted { .. }
+            | Message::Claimed { .. }
+            | Message::NoJob { .. }
+            | Message::Done { .. }
+            | Message::Listed { .. }
+            | Message::Refused { .. } => {}
+        }
+    }
+
+    /// A failure needs randomness for its backoff: the seed is mixed from the scheduler's state,
+    /// since messages carry no [`Rng`]. (Jitter needs spread, not secrecy.)
+    fn handle_fail(&mut self, now: Instant, from: Peer, (request, job, token): (u64, u64, u64)) {
+        let mut rng = crate::rng::SplitMix64::new(
+            self.log.next_sequence() ^ now.as_micros().rotate_left(32) ^ token,
+        );
+        self.write_request(from, request, |this| {
+            this.fail(now, job, token, &mut rng)
+                .map(|_| Answer::Done { job, lease: None })
+        });
+    }
+
+    /// Encodes `reply` into `buffer`.
+    fn encode_reply(&mut self, now: Instant, reply: Reply, buffer: &mut [u8]) -> Option<usize> {
+        let request = reply.request;
+        let millis = |at: Instant| {
+            u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
+        };
+        let message = match reply.answer {
+            Answer::Submitted(submitted) => Message::Submitted {
+                request,
+                job: submitted.job,
+                duplicate: submitted.duplicate,
+            },
+            Answer::Claimed(lease) => {
+                let claimed = |payload: &[u8]| {
+                    let message = Message::Claimed {
+                        request,
+                        job: lease.job,
+                        token: lease.token,
+                        lease_ms: millis(lease.expires),
+                        attempts: lease.attempts,
+                        payload,
+                    };
+                    message::encode(&message, buffer)
+                };
+                // A payload that cannot be read leaves the claim to expire; nothing is sent.
+                return self.with_payload(lease.job, claimed).ok().flatten();
+            }
+            Answer::NoJob => Message::NoJob { request },
+            Answer::Done { job, lease } => Message::Done {
+                request,
+                job,
+                lease_ms: lease.map_or(0, millis),
+            },
+            Answer::Listed { after } => {
+                let (jobs, more) = self.dead(after);
+                Message::Listed {
+                    request,
+                    jobs,
+                    more,
+                }
+            }
+            Answer::Refused(reason) => Message::Refused { request, reason },
+        };
+        message::encode(&message, buffer)
+    }
+}
+
+impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PENDING: usize>
+    Service for Scheduler<S, B, JOBS, DONE, PENDING>
+{
+    const KIND: u8 = service::kind::JOBS;
+    type Error = CommitError<S::Error>;
+
+    fn handle_message(&mut self, now: Instant, from: Peer, payload: &[u8]) {
+        match message::decode(payload) {
+            Ok(message) => self.handle(now, from, message),
+            Err(_) => self.stats.malformed += 1,
+        }
+    }
+
+    fn handle_timeout<R: Rng>(&mut self, now: Instant, _rng: &mut R) {
+        self.last_now = self.last_now.max(now);
+        self.expire(now);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
+        // Bounded: every turn removes one answer.
+        loop {
+            let reply = if let Some(slot) = self.pending.iter().position(|(_, ready)| *ready) {
+                self.pending.swap_remove(slot).0
+            } else {
+                self.outbox.pop_front()?
+            };
+            if let Some(len) = self.encode_reply(now, reply, buffer) {
+                return Some(Transmit { to: reply.to, len });
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let last = self.last_now;
+        self.index
+            .jobs
+            .iter()
+            .filter_map(|job| match job.state {
+                State::Running => Some(job.lease),
+                State::Pending if job.run_after > last => Some(job.run_after),
+                _ => None,
+            })
+            .min()
+    }
+
+    fn commit(&mut self) -> Result<(), Self::Error> {
+        if !self.staged {
+            return Ok(());
+        }
+        self.staged = false;
+        let synced = self.sync();
+        for (reply, ready) in self.pending.iter_mut().filter(|(_, ready)| !*ready) {
+            *ready = true;
+            if synced.is_err() {
+                reply.answer = Answer::Refused(Refusal::Unavailable);
+            }
+        }
+        if synced.is_err() {
+            // The storage is poisoned: refuse every write from now on (a restart recovers).
+            self.poisoned = true;
+        }
+        synced
+    }
+}
