@@ -40,6 +40,8 @@ pub enum Refusal {
 }
 
 /// One message between a client (submitter or worker) and the scheduler.
+// `Listed` holds its ids inline (no allocation); a message lives on the stack one at a time.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Message<'a> {
     /// Client → scheduler: store a new job. With `key`, a second submit of the same key (while

@@ -24,7 +24,8 @@
 //!   finished jobs remembered for deduplication, `PENDING` answers waiting for a sync. A full
 //!   table refuses ([`Refusal::Full`], [`Refusal::Busy`]); nothing is dropped silently.
 //! - Payloads stay in the log (read back on claim); the log is reclaimed up to the oldest
-//!   segment holding an unfinished job's SUBMIT, after a checkpoint of the index.
+//!   segment holding an unfinished job's SUBMIT, after a checkpoint of the index, released in
+//!   the sync that makes the checkpoint durable.
 //!
 //! # Time across restarts
 //!
@@ -46,8 +47,9 @@
 //! - A retried `Submit` without a key stores a second job; a retried `Claim` whose answer was
 //!   lost claims another job (the first one's lease runs out). Keys deduplicate while the job
 //!   is known or among the last `DONE` finished ones.
-//! - Dead jobs, like pending ones, keep their SUBMIT's segment (and every later one) live: a
-//!   log full of old dead jobs must be drained by re-queueing or completing them.
+//! - More unfinished jobs than the log can hold fill it: writes are then refused
+//!   ([`Refusal::Unavailable`]). An old unfinished job does not pin the log: when free segments
+//!   run short, a checkpoint first copies the SUBMIT records of the oldest segment forward.
 //! - Lowering the configured lease across a restart shortens re-granted leases accordingly.
 
 mod message;
@@ -59,8 +61,8 @@ mod tests;
 pub use message::{decode, encode, Malformed, Message, Refusal, LIST_MAX, PAYLOAD_LEN_MAX};
 pub use record::{
     checkpoint_len_max, ClaimRecord, FailRecord, FenceRecord, Finished, Job, Record, State,
-    SubmitRecord, KIND_CHECKPOINT, KIND_CLAIM, KIND_COMPLETE, KIND_DEAD, KIND_FAIL,
-    KIND_REQUEUE, KIND_SUBMIT,
+    SubmitRecord, KIND_CHECKPOINT, KIND_CLAIM, KIND_COMPLETE, KIND_DEAD, KIND_FAIL, KIND_REQUEUE,
+    KIND_SUBMIT,
 };
 
 use core::time::Duration;
@@ -71,11 +73,13 @@ use crate::crdt::NodeId;
 use crate::frame::EmitError;
 use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, SyncError};
 use crate::net::SocketAddr;
-use crate::rng::Rng;
+use crate::rng::{Rng, SplitMix64};
 use crate::storage::Storage;
 use crate::time::Instant;
 use record::{CheckpointView, Index};
 
+/// Most SUBMIT records copied forward per checkpoint.
+const RELOCATE_MAX: usize = 4;
 /// Immediate answers (no write behind them) waiting to be sent; more are dropped and counted.
 const OUTBOX: usize = 16;
 
@@ -266,6 +270,9 @@ pub struct Scheduler<S, B, const JOBS: usize, const DONE: usize, const PENDING: 
     /// The latest time seen by `handle_timeout`: run-after times before it need no wake-up.
     last_now: Instant,
     poisoned: bool,
+    /// Jitter for failures reported by messages (which bring no [`Rng`]); reseeded from the
+    /// caller's generator at every timeout.
+    jitter: SplitMix64,
     stats: Stats,
 }
 
@@ -276,10 +283,7 @@ pub fn backoff<R: Rng>(config: &Config, attempts: u32, rng: &mut R) -> Duration 
     let base = u64::try_from(config.backoff_base.as_micros()).unwrap_or(u64::MAX);
     let cap = u64::try_from(config.backoff_cap.as_micros()).unwrap_or(u64::MAX);
     let shift = attempts.saturating_sub(1).min(63);
-    let nominal = base
-        .checked_mul(1u64 << shift)
-        .unwrap_or(u64::MAX)
-        .min(cap);
+    let nominal = base.saturating_mul(1u64 << shift).min(cap);
     let half = nominal / 2;
     let jitter = rng.below((nominal - half).saturating_add(1));
     Duration::from_micros(half.saturating_add(jitter))
@@ -326,6 +330,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
             pending_release: None,
             last_now: now,
             poisoned: false,
+            jitter: SplitMix64::new(now.as_micros()),
             stats: Stats::default(),
         };
         Ok((scheduler, recovery))
@@ -532,7 +537,11 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
         rng: &mut R,
     ) -> Result<Failed, Refusal> {
         let slot = self.fenced(id, token)?;
-        let delay = backoff(&self.config, self.index.jobs[slot].attempts.saturating_add(1), rng);
+        let delay = backoff(
+            &self.config,
+            self.index.jobs[slot].attempts.saturating_add(1),
+            rng,
+        );
         let failed = self.fail_slot(now, slot, delay)?;
         self.stats.failed += 1;
         Ok(failed)
@@ -641,6 +650,9 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     /// Appends the whole index; with the next sync, the segments before the oldest unfinished
     /// job's SUBMIT (or before the checkpoint) are released.
     fn stage_checkpoint(&mut self, now: Instant) -> Result<(), AppendError<S::Error>> {
+        if self.log.free_segments() <= 2 {
+            self.relocate(now);
+        }
         let view = CheckpointView {
             index: &self.index,
             now,
@@ -662,6 +674,50 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
             .filter(|submit| submit.sequence < appended.sequence);
         self.pending_release = Some(oldest.unwrap_or(appended));
         Ok(())
+    }
+
+    /// Copies the SUBMIT records of up to [`RELOCATE_MAX`] unfinished jobs out of the oldest live
+    /// segment to the head of the log, so that an old pending or dead job does not keep every
+    /// later segment live. A failed copy leaves the job where it was.
+    fn relocate(&mut self, now: Instant) {
+        let oldest = self.log.first_live_epoch();
+        for _ in 0..RELOCATE_MAX {
+            let Some(job) = self
+                .index
+                .jobs
+                .iter()
+                .find(|job| job.submit.position.epoch <= oldest)
+                .copied()
+            else {
+                return;
+            };
+            let mut scratch = [0u8; PAYLOAD_LEN_MAX];
+            let Ok(Some(len)) = self.with_payload(job.id, |payload| {
+                let target = scratch.get_mut(..payload.len())?;
+                target.copy_from_slice(payload);
+                Some(payload.len())
+            }) else {
+                return;
+            };
+            let delay = job.run_after.saturating_duration_since(now);
+            let record = Record::Submit(SubmitRecord {
+                job: job.id,
+                key: job.key,
+                priority: job.priority,
+                delay_us: u64::try_from(delay.as_micros()).unwrap_or(u64::MAX),
+                max_attempts: job.max_attempts,
+                payload: &scratch[..len],
+            });
+            let appended = self.log.append(record.kind(), |area| {
+                record.emit(area).ok_or(EmitError::BufferTooSmall)
+            });
+            let Ok(appended) = appended else {
+                return;
+            };
+            self.staged = true;
+            // A known id: only the payload's position changes.
+            let _ = self.index.apply(&record, appended, now);
+        }
     }
 
     fn sync(&mut self) -> Result<(), CommitError<S::Error>> {
@@ -716,7 +772,10 @@ impl core::fmt::Display for ReplayError {
                 write!(f, "record {sequence} is not a valid job scheduler record")
             }
             Self::UnknownKind { sequence, kind } => {
-                write!(f, "record {sequence} has kind {kind}, not a job scheduler's")
+                write!(
+                    f,
+                    "record {sequence} has kind {kind}, not a job scheduler's"
+                )
             }
             Self::Capacity { sequence } => {
                 write!(f, "record {sequence} needs more jobs than the capacity")

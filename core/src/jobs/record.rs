@@ -267,7 +267,12 @@ impl<const JOBS: usize, const DONE: usize> Index<JOBS, DONE> {
 
     /// Applies `record`, stored at `at`, with its times relative to `base`. Records about a job
     /// the index does not hold (finished before a checkpoint) change nothing.
-    pub fn apply(&mut self, record: &Record<'_>, at: Appended, base: Instant) -> Result<(), Capacity> {
+    pub fn apply(
+        &mut self,
+        record: &Record<'_>,
+        at: Appended,
+        base: Instant,
+    ) -> Result<(), Capacity> {
         match *record {
             Record::Submit(submit) => return self.apply_submit(&submit, at, base),
             Record::Claim(claim) => {

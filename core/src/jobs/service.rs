@@ -3,7 +3,7 @@
 
 use super::message::{self, Message, Refusal};
 use super::{Answer, CommitError, NewJob, Reply, Scheduler, State};
-use crate::rng::Rng;
+use crate::rng::{Rng, SplitMix64};
 use crate::service::{self, Peer, Service, Transmit};
 use crate::storage::Storage;
 use crate::time::Instant;
@@ -124,16 +124,15 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
         }
     }
 
-    /// A failure needs randomness for its backoff: the seed is mixed from the scheduler's state,
-    /// since messages carry no [`Rng`]. (Jitter needs spread, not secrecy.)
+    /// A failure needs randomness for its backoff, and messages carry no [`Rng`]: the jitter
+    /// generator is reseeded from the caller's at every [`Service::handle_timeout`].
     fn handle_fail(&mut self, now: Instant, from: Peer, (request, job, token): (u64, u64, u64)) {
-        let mut rng = crate::rng::SplitMix64::new(
-            self.log.next_sequence() ^ now.as_micros().rotate_left(32) ^ token,
-        );
+        let mut rng = self.jitter.clone();
         self.write_request(from, request, |this| {
             this.fail(now, job, token, &mut rng)
                 .map(|_| Answer::Done { job, lease: None })
         });
+        self.jitter = rng;
     }
 
     /// Encodes `reply` into `buffer`.
@@ -183,8 +182,8 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     }
 }
 
-impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PENDING: usize>
-    Service for Scheduler<S, B, JOBS, DONE, PENDING>
+impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PENDING: usize> Service
+    for Scheduler<S, B, JOBS, DONE, PENDING>
 {
     const KIND: u8 = service::kind::JOBS;
     type Error = CommitError<S::Error>;
@@ -196,7 +195,8 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
         }
     }
 
-    fn handle_timeout<R: Rng>(&mut self, now: Instant, _rng: &mut R) {
+    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
+        self.jitter = SplitMix64::new(rng.next_u64());
         self.last_now = self.last_now.max(now);
         self.expire(now);
     }

@@ -1,1 +1,569 @@
+use super::*;
+use crate::rng::SplitMix64;
+use crate::service::{Peer, Service};
+use crate::storage::RamStorage;
+use core::net::{IpAddr, Ipv4Addr};
+use proptest::prelude::*;
+use std::collections::BTreeSet;
+use std::vec::Vec as HeapVec;
 
+type Ram = RamStorage<32768>;
+type Sched = Scheduler<Ram, [u8; 4096], 8, 8, 8>;
+
+fn config() -> Config {
+    let mut config = Config {
+        lease: Duration::from_secs(10),
+        backoff_base: Duration::from_secs(1),
+        backoff_cap: Duration::from_secs(8),
+        checkpoint_every: 16,
+        ..Config::default()
+    };
+    config.log.segment_size = 4096;
+    config
+}
+
+fn at(millis: u64) -> Instant {
+    Instant::from_millis(millis)
+}
+
+fn fresh() -> Sched {
+    let storage = RamStorage::new(8, 512, 0xFF).unwrap();
+    Sched::open(storage, [0; 4096], config(), at(0)).unwrap().0
+}
+
+/// Reopens after a crash: whatever was not committed may be lost.
+fn reopen(scheduler: Sched, now: Instant) -> Sched {
+    let (storage, buffer) = scheduler.into_parts();
+    Sched::open(storage, buffer, config(), now).unwrap().0
+}
+
+fn new_job(payload: &[u8]) -> NewJob<'_> {
+    NewJob {
+        key: None,
+        priority: 0,
+        delay: Duration::ZERO,
+        max_attempts: 3,
+        payload,
+    }
+}
+
+fn worker(index: u8) -> Peer {
+    Peer {
+        addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, index)), 7000),
+        node: NodeId(u32::from(index)),
+        incarnation: 1,
+    }
+}
+
+fn send(scheduler: &mut Sched, now: Instant, from: Peer, message: &Message<'_>) {
+    let mut buffer = [0u8; 1400];
+    let len = encode(message, &mut buffer).unwrap();
+    scheduler.handle_message(now, from, &buffer[..len]);
+}
+
+/// Every answer waiting, decoded (the test leaks the bytes so the messages may borrow them).
+fn answers(scheduler: &mut Sched, now: Instant) -> HeapVec<Message<'static>> {
+    let mut out = HeapVec::new();
+    let mut buffer = [0u8; 1400];
+    while let Some(transmit) = scheduler.poll_transmit(now, &mut buffer) {
+        let bytes: &'static [u8] = buffer[..transmit.len].to_vec().leak();
+        out.push(decode(bytes).unwrap());
+    }
+    out
+}
+
+#[test]
+fn a_duplicate_submit_is_stored_once() {
+    let mut scheduler = fresh();
+    let keyed = NewJob {
+        key: Some(7),
+        ..new_job(b"a")
+    };
+    let first = scheduler.submit(at(0), &keyed).unwrap();
+    let second = scheduler.submit(at(1), &keyed).unwrap();
+    assert_eq!(second.job, first.job);
+    assert!(!first.duplicate && second.duplicate);
+    assert_eq!(scheduler.jobs().len(), 1);
+    scheduler.commit().unwrap();
+    let mut scheduler = reopen(scheduler, at(5));
+    assert_eq!(scheduler.jobs().len(), 1);
+    // Still recognised once finished and forgotten.
+    let lease = scheduler.claim(at(5), NodeId(1)).unwrap().unwrap();
+    scheduler.complete(at(6), lease.job, lease.token).unwrap();
+    scheduler.commit().unwrap();
+    let mut scheduler = reopen(scheduler, at(7));
+    assert!(scheduler.jobs().is_empty());
+    let third = scheduler.submit(at(8), &keyed).unwrap();
+    assert_eq!(third.job, first.job);
+    assert!(third.duplicate);
+}
+
+#[test]
+fn claims_take_the_highest_priority_then_the_earliest_run_after_then_submission_order() {
+    let mut scheduler = fresh();
+    let job = |priority, delay_ms| NewJob {
+        priority,
+        delay: Duration::from_millis(delay_ms),
+        ..new_job(b"x")
+    };
+    let low = scheduler.submit(at(0), &job(1, 0)).unwrap().job;
+    let late = scheduler.submit(at(0), &job(5, 20)).unwrap().job;
+    let early = scheduler.submit(at(0), &job(5, 10)).unwrap().job;
+    let first = scheduler.submit(at(0), &job(5, 10)).unwrap().job;
+    let future = scheduler.submit(at(0), &job(9, 1000)).unwrap().job;
+    let mut order = HeapVec::new();
+    while let Some(lease) = scheduler.claim(at(100), NodeId(1)).unwrap() {
+        order.push(lease.job);
+    }
+    assert_eq!(order, [early, first, late, low]);
+    assert_eq!(scheduler.job(future).unwrap().state, State::Pending);
+}
+
+#[test]
+fn a_claim_is_durable_before_it_is_answered_and_carries_the_payload() {
+    let mut scheduler = fresh();
+    scheduler.submit(at(0), &new_job(b"payload")).unwrap();
+    scheduler.commit().unwrap();
+    send(
+        &mut scheduler,
+        at(1),
+        worker(1),
+        &Message::Claim { request: 9 },
+    );
+    assert!(
+        answers(&mut scheduler, at(1)).is_empty(),
+        "answered before the sync"
+    );
+    // A crash now: the claim was never answered, and the job is pending again.
+    let (storage, buffer) = scheduler.into_parts();
+    let mut scheduler = Sched::open(storage, buffer, config(), at(2)).unwrap().0;
+    assert_eq!(scheduler.jobs()[0].state, State::Pending);
+    send(
+        &mut scheduler,
+        at(3),
+        worker(1),
+        &Message::Claim { request: 9 },
+    );
+    scheduler.commit().unwrap();
+    let got = answers(&mut scheduler, at(3));
+    let [Message::Claimed {
+        request,
+        job,
+        token,
+        lease_ms,
+        payload,
+        ..
+    }] = &got[..]
+    else {
+        panic!("expected one claim, got {got:?}");
+    };
+    assert_eq!((*request, *job, *lease_ms), (9, 1, 10_000));
+    assert_eq!(*payload, b"payload");
+    let scheduler = reopen(scheduler, at(4));
+    assert_eq!(scheduler.jobs()[0].state, State::Running);
+    assert_eq!(scheduler.jobs()[0].token, *token);
+}
+
+#[test]
+fn a_heartbeat_extends_the_lease_and_a_stale_token_is_rejected_after_expiry_and_reclaim() {
+    let mut scheduler = fresh();
+    let mut rng = SplitMix64::new(1);
+    scheduler.submit(at(0), &new_job(b"x")).unwrap();
+    let first = scheduler.claim(at(0), NodeId(1)).unwrap().unwrap();
+    scheduler.commit().unwrap();
+    assert_eq!(
+        scheduler.heartbeat(at(8_000), first.job, first.token),
+        Ok(at(18_000))
+    );
+    scheduler.handle_timeout(at(12_000), &mut rng);
+    assert_eq!(scheduler.job(first.job).unwrap().state, State::Running);
+    scheduler.handle_timeout(at(18_000), &mut rng);
+    assert_eq!(scheduler.job(first.job).unwrap().state, State::Pending);
+    assert_eq!(
+        scheduler.heartbeat(at(18_001), first.job, first.token),
+        Err(Refusal::StaleToken)
+    );
+    let second = scheduler.claim(at(18_002), NodeId(2)).unwrap().unwrap();
+    scheduler.commit().unwrap();
+    assert!(second.token > first.token);
+    assert_eq!(
+        scheduler.complete(at(18_003), first.job, first.token),
+        Err(Refusal::StaleToken)
+    );
+    // Still stale after a restart.
+    let mut scheduler = reopen(scheduler, at(0));
+    assert_eq!(
+        scheduler.heartbeat(at(1), first.job, first.token),
+        Err(Refusal::StaleToken)
+    );
+    assert_eq!(scheduler.complete(at(1), second.job, second.token), Ok(()));
+    assert_eq!(scheduler.stats().stale, 1);
+}
+
+#[test]
+fn a_worker_that_stops_heartbeating_loses_the_job_at_expiry_and_the_next_worker_gets_a_higher_token(
+) {
+    let mut scheduler = fresh();
+    let mut rng = SplitMix64::new(2);
+    scheduler.submit(at(0), &new_job(b"x")).unwrap();
+    send(
+        &mut scheduler,
+        at(0),
+        worker(1),
+        &Message::Claim { request: 1 },
+    );
+    scheduler.commit().unwrap();
+    let Message::Claimed { token: old, .. } = answers(&mut scheduler, at(0))[0].clone() else {
+        panic!("no claim");
+    };
+    assert_eq!(scheduler.poll_timeout(), Some(at(10_000)));
+    send(
+        &mut scheduler,
+        at(9_000),
+        worker(2),
+        &Message::Claim { request: 2 },
+    );
+    assert!(matches!(
+        answers(&mut scheduler, at(9_000))[..],
+        [Message::NoJob { request: 2 }]
+    ));
+    scheduler.handle_timeout(at(10_000), &mut rng);
+    assert_eq!(scheduler.stats().expired, 1);
+    send(
+        &mut scheduler,
+        at(10_001),
+        worker(2),
+        &Message::Claim { request: 3 },
+    );
+    scheduler.commit().unwrap();
+    let Message::Claimed {
+        token: new,
+        attempts,
+        ..
+    } = answers(&mut scheduler, at(10_001))[0].clone()
+    else {
+        panic!("no claim");
+    };
+    assert!(new > old);
+    assert_eq!(attempts, 1, "an expired lease counts as an attempt");
+    let complete = Message::Complete {
+        request: 4,
+        job: 1,
+        token: old,
+    };
+    send(&mut scheduler, at(10_002), worker(1), &complete);
+    assert!(matches!(
+        answers(&mut scheduler, at(10_002))[..],
+        [Message::Refused {
+            reason: Refusal::StaleToken,
+            ..
+        }]
+    ));
+}
+
+#[test]
+fn a_failure_backs_off_within_bounds_then_the_job_runs_again() {
+    let mut scheduler = fresh();
+    let mut rng = SplitMix64::new(3);
+    let id = scheduler
+        .submit(
+            at(0),
+            &NewJob {
+                max_attempts: 10,
+                ..new_job(b"x")
+            },
+        )
+        .unwrap()
+        .job;
+    let mut now = at(0);
+    for attempt in 1..=6u32 {
+        let lease = scheduler.claim(now, NodeId(1)).unwrap().unwrap();
+        let Failed::Retry {
+            at: retry,
+            attempts,
+        } = scheduler.fail(now, id, lease.token, &mut rng).unwrap()
+        else {
+            panic!("dead too early");
+        };
+        assert_eq!(attempts, attempt);
+        let nominal = (1_000_000u64 << (attempt - 1)).min(8_000_000);
+        let waited = retry.as_micros() - now.as_micros();
+        assert!(
+            waited >= nominal / 2 && waited <= nominal,
+            "{waited} vs {nominal}"
+        );
+        let early = Instant::from_micros(retry.as_micros() - 1);
+        assert_eq!(scheduler.claim(early, NodeId(1)), Ok(None));
+        now = retry;
+    }
+    assert!(scheduler.claim(now, NodeId(1)).unwrap().is_some());
+}
+
+#[test]
+fn the_last_attempt_makes_a_job_dead_and_a_retry_requeues_it() {
+    let mut scheduler = fresh();
+    let mut rng = SplitMix64::new(4);
+    let id = scheduler
+        .submit(
+            at(0),
+            &NewJob {
+                max_attempts: 2,
+                ..new_job(b"x")
+            },
+        )
+        .unwrap()
+        .job;
+    let lease = scheduler.claim(at(0), NodeId(1)).unwrap().unwrap();
+    assert!(matches!(
+        scheduler.fail(at(0), id, lease.token, &mut rng),
+        Ok(Failed::Retry { .. })
+    ));
+    let lease = scheduler.claim(at(60_000), NodeId(1)).unwrap().unwrap();
+    assert_eq!(
+        scheduler.fail(at(60_000), id, lease.token, &mut rng),
+        Ok(Failed::Dead)
+    );
+    assert_eq!(scheduler.claim(at(999_999), NodeId(1)), Ok(None));
+    scheduler.commit().unwrap();
+    let mut scheduler = reopen(scheduler, at(0));
+    assert_eq!(scheduler.job(id).unwrap().state, State::Dead);
+    send(
+        &mut scheduler,
+        at(1),
+        worker(1),
+        &Message::List {
+            request: 1,
+            after: 0,
+        },
+    );
+    let listed = answers(&mut scheduler, at(1));
+    let Message::Listed { jobs, more, .. } = &listed[0] else {
+        panic!("no list");
+    };
+    assert_eq!((&jobs[..], *more), (&[id][..], false));
+    send(
+        &mut scheduler,
+        at(2),
+        worker(1),
+        &Message::Retry {
+            request: 2,
+            job: id,
+        },
+    );
+    assert!(
+        answers(&mut scheduler, at(2)).is_empty(),
+        "answered before the sync"
+    );
+    scheduler.commit().unwrap();
+    assert!(matches!(
+        answers(&mut scheduler, at(2))[..],
+        [Message::Done { request: 2, .. }]
+    ));
+    let lease = scheduler.claim(at(3), NodeId(1)).unwrap().unwrap();
+    assert_eq!((lease.job, lease.attempts), (id, 0));
+    assert_eq!(scheduler.requeue(at(4), id), Err(Refusal::NotDead));
+}
+
+#[test]
+fn a_restart_grants_running_jobs_a_full_lease_from_the_open() {
+    let mut scheduler = fresh();
+    scheduler.submit(at(0), &new_job(b"x")).unwrap();
+    let lease = scheduler.claim(at(0), NodeId(1)).unwrap().unwrap();
+    scheduler.commit().unwrap();
+    // The new process's clock starts near zero again.
+    let mut scheduler = reopen(scheduler, at(3));
+    let job = scheduler.job(lease.job).unwrap();
+    assert_eq!((job.state, job.lease), (State::Running, at(10_003)));
+    assert_eq!(scheduler.claim(at(10_002), NodeId(2)), Ok(None));
+    assert_eq!(scheduler.complete(at(4), lease.job, lease.token), Ok(()));
+}
+
+#[test]
+fn reclamation_keeps_the_log_bounded_over_a_long_run() {
+    let mut scheduler = fresh();
+    let mut rng = SplitMix64::new(5);
+    let payload = [7u8; 100];
+    for round in 0..3000u64 {
+        let now = at(round);
+        let id = scheduler.submit(now, &new_job(&payload)).unwrap().job;
+        let lease = scheduler.claim(now, NodeId(1)).unwrap().unwrap();
+        assert_eq!(lease.job, id);
+        scheduler
+            .with_payload(id, |bytes| assert_eq!(bytes, payload))
+            .unwrap();
+        scheduler.complete(now, id, lease.token).unwrap();
+        scheduler.commit().unwrap();
+        scheduler.handle_timeout(now, &mut rng);
+        assert!(scheduler.log().free_segments() >= 1, "round {round}");
+    }
+    let scheduler = reopen(scheduler, at(0));
+    assert!(scheduler.jobs().is_empty());
+    assert_eq!(scheduler.next_token(), 3001);
+}
+
+#[test]
+fn a_pending_job_older_than_the_whole_log_keeps_its_payload() {
+    let mut scheduler = fresh();
+    let old = scheduler.submit(at(0), &new_job(b"old")).unwrap().job;
+    scheduler.commit().unwrap();
+    let payload = [1u8; 200];
+    for round in 0..100u64 {
+        let now = at(round + 1);
+        let id = scheduler
+            .submit(
+                now,
+                &NewJob {
+                    priority: 1,
+                    ..new_job(&payload)
+                },
+            )
+            .unwrap()
+            .job;
+        let lease = scheduler.claim(now, NodeId(1)).unwrap().unwrap();
+        scheduler.complete(now, id, lease.token).unwrap();
+        if scheduler.commit().is_err() {
+            panic!("round {round}");
+        }
+    }
+    assert!(
+        scheduler.log().first_live_epoch() > 1,
+        "the log was never reclaimed"
+    );
+    let mut scheduler = reopen(scheduler, at(0));
+    scheduler
+        .with_payload(old, |bytes| assert_eq!(bytes, b"old"))
+        .unwrap();
+    assert_eq!(scheduler.jobs().len(), 1);
+}
+
+#[test]
+fn malformed_messages_are_counted_and_change_nothing() {
+    let mut scheduler = fresh();
+    scheduler.submit(at(0), &new_job(b"x")).unwrap();
+    scheduler.commit().unwrap();
+    for bytes in [&[][..], &[0xFF, 0xFF], &[2], &[2, 1, 0], &[99, 1, 2, 3]] {
+        scheduler.handle_message(at(1), worker(1), bytes);
+    }
+    assert_eq!(scheduler.stats().malformed, 5);
+    assert_eq!(scheduler.jobs()[0].state, State::Pending);
+    assert!(answers(&mut scheduler, at(1)).is_empty());
+}
+
+#[test]
+fn a_submit_is_answered_after_the_sync_and_refusals_at_once() {
+    let mut scheduler = fresh();
+    let submit = |request, max_attempts| Message::Submit {
+        request,
+        key: Some(3),
+        priority: 0,
+        delay_ms: 0,
+        max_attempts,
+        payload: b"hello",
+    };
+    send(&mut scheduler, at(0), worker(1), &submit(1, 0));
+    assert!(matches!(
+        answers(&mut scheduler, at(0))[..],
+        [Message::Refused {
+            request: 1,
+            reason: Refusal::Invalid
+        }]
+    ));
+    send(&mut scheduler, at(0), worker(1), &submit(2, 1));
+    send(&mut scheduler, at(0), worker(1), &submit(3, 1));
+    assert!(answers(&mut scheduler, at(0)).is_empty());
+    scheduler.commit().unwrap();
+    let got = answers(&mut scheduler, at(0));
+    assert_eq!(got.len(), 2);
+    assert!(got
+        .iter()
+        .all(|message| matches!(message, Message::Submitted { job: 1, .. })));
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn reopening_at_arbitrary_points_loses_no_job_and_tokens_never_go_backwards(
+        ops in proptest::collection::vec((0u8..6, any::<u16>()), 1..120)
+    ) {
+        let mut scheduler = fresh();
+        let mut rng = SplitMix64::new(9);
+        // Jobs whose submit was committed and that were not completed durably.
+        let mut durable: BTreeSet<u64> = BTreeSet::new();
+        let mut staged: HeapVec<u64> = HeapVec::new();
+        let mut completed: HeapVec<u64> = HeapVec::new();
+        let mut leases: HeapVec<Lease> = HeapVec::new();
+        let mut token_given = 0u64;
+        let mut now = 0u64;
+        for (op, value) in ops {
+            now += u64::from(value % 4000);
+            match op {
+                0 => {
+                    if let Ok(submitted) = scheduler.submit(at(now), &new_job(&value.to_le_bytes())) {
+                        staged.push(submitted.job);
+                    }
+                }
+                1 => {
+                    if let Ok(Some(lease)) = scheduler.claim(at(now), NodeId(1)) {
+                        leases.push(lease);
+                    }
+                }
+                2 => {
+                    if let Some(lease) = leases.pop() {
+                        if scheduler.complete(at(now), lease.job, lease.token).is_ok() {
+                            completed.push(lease.job);
+                        }
+                    }
+                }
+                3 => {
+                    if let Some(lease) = leases.pop() {
+                        let _ = scheduler.fail(at(now), lease.job, lease.token, &mut rng);
+                    }
+                }
+                4 => {
+                    scheduler.commit().unwrap();
+                    durable.extend(staged.drain(..));
+                    for job in completed.drain(..) {
+                        durable.remove(&job);
+                    }
+                    token_given = token_given.max(scheduler.next_token() - 1);
+                    scheduler.handle_timeout(at(now), &mut rng);
+                }
+                _ => {
+                    scheduler = reopen(scheduler, at(u64::from(value)));
+                    now = u64::from(value);
+                    staged.clear();
+                    completed.clear();
+                    leases.clear();
+                    for &job in &durable {
+                        prop_assert!(scheduler.job(job).is_some(), "job {} lost", job);
+                    }
+                    prop_assert!(scheduler.next_token() > token_given);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn messages_round_trip_and_junk_never_panics(
+        request in any::<u64>(),
+        job in any::<u64>(),
+        token in any::<u64>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..PAYLOAD_LEN_MAX),
+        junk in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let messages = [
+            Message::Claimed { request, job, token, lease_ms: token, attempts: 3, payload: &payload },
+            Message::Fail { request, job, token },
+            Message::Refused { request, reason: Refusal::StaleToken },
+        ];
+        let mut buffer = [0u8; 1400];
+        for message in &messages {
+            let len = encode(message, &mut buffer).unwrap();
+            prop_assert_eq!(&decode(&buffer[..len]).unwrap(), message);
+        }
+        let _ = decode(&junk);
+        let mut scheduler = fresh();
+        scheduler.handle_message(at(0), worker(1), &junk);
+    }
+}
