@@ -366,7 +366,7 @@ impl<const JOBS: usize, const DONE: usize> Index<JOBS, DONE> {
             Vec<Finished, DONE>,
         ) = exact(payload)?;
         let mut index = Self::new();
-        index.next_id = next_id.max(1);
+        index.next_id = next_id.max(self.next_id).max(1);
         index.next_token = next_token.max(self.next_token).max(1);
         for record in jobs {
             if record.job == 0 || record.job >= index.next_id || record.max_attempts == 0 {

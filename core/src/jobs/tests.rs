@@ -567,3 +567,43 @@ proptest! {
         scheduler.handle_message(at(0), worker(1), &junk);
     }
 }
+
+#[test]
+fn messages_and_records_match_the_bytes_in_the_spec() {
+    let mut buffer = [0u8; 64];
+    let submit = Message::Submit {
+        request: 1,
+        key: Some(9),
+        priority: 2,
+        delay_ms: 0,
+        max_attempts: 3,
+        payload: b"hi",
+    };
+    let len = encode(&submit, &mut buffer).unwrap();
+    assert_eq!(&buffer[..len], [0x00, 0x01, 0x01, 0x09, 0x02, 0x00, 0x03, 0x02, 0x68, 0x69]);
+    let heartbeat = Message::Heartbeat {
+        request: 1,
+        job: 2,
+        token: 300,
+    };
+    let len = encode(&heartbeat, &mut buffer).unwrap();
+    assert_eq!(&buffer[..len], [0x05, 0x01, 0x02, 0xac, 0x02]);
+    let record = Record::Submit(SubmitRecord {
+        job: 1,
+        key: None,
+        priority: 0,
+        delay_us: 0,
+        max_attempts: 3,
+        payload: b"hi",
+    });
+    let len = record.emit(&mut buffer).unwrap();
+    assert_eq!(&buffer[..len], [0x01, 0x00, 0x00, 0x00, 0x03, 0x02, 0x68, 0x69]);
+    let claim = Record::Claim(ClaimRecord {
+        job: 1,
+        worker: NodeId(4),
+        token: 5,
+        lease_us: 1_000_000,
+    });
+    let len = claim.emit(&mut buffer).unwrap();
+    assert_eq!(&buffer[..len], [0x01, 0x04, 0x05, 0xc0, 0x84, 0x3d]);
+}
