@@ -216,6 +216,10 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
+        if self.poisoned {
+            // Expiry would need a write: no timer, rather than a deadline that never clears.
+            return None;
+        }
         let last = self.last_now;
         self.index
             .jobs

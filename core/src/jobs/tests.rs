@@ -580,7 +580,10 @@ fn messages_and_records_match_the_bytes_in_the_spec() {
         payload: b"hi",
     };
     let len = encode(&submit, &mut buffer).unwrap();
-    assert_eq!(&buffer[..len], [0x00, 0x01, 0x01, 0x09, 0x02, 0x00, 0x03, 0x02, 0x68, 0x69]);
+    assert_eq!(
+        &buffer[..len],
+        [0x00, 0x01, 0x01, 0x09, 0x02, 0x00, 0x03, 0x02, 0x68, 0x69]
+    );
     let heartbeat = Message::Heartbeat {
         request: 1,
         job: 2,
@@ -597,7 +600,10 @@ fn messages_and_records_match_the_bytes_in_the_spec() {
         payload: b"hi",
     });
     let len = record.emit(&mut buffer).unwrap();
-    assert_eq!(&buffer[..len], [0x01, 0x00, 0x00, 0x00, 0x03, 0x02, 0x68, 0x69]);
+    assert_eq!(
+        &buffer[..len],
+        [0x01, 0x00, 0x00, 0x00, 0x03, 0x02, 0x68, 0x69]
+    );
     let claim = Record::Claim(ClaimRecord {
         job: 1,
         worker: NodeId(4),
