@@ -681,6 +681,9 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     /// later segment live. A failed copy leaves the job where it was.
     fn relocate(&mut self, now: Instant) {
         let oldest = self.log.first_live_epoch();
+        if oldest >= self.log.newest_epoch() {
+            return; // One live segment: a copy would land in the same one.
+        }
         for _ in 0..RELOCATE_MAX {
             let Some(job) = self
                 .index
