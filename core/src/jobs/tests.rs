@@ -641,3 +641,36 @@ fn messages_and_records_match_the_bytes_in_the_spec() {
     let len = claim.emit(&mut buffer).unwrap();
     assert_eq!(&buffer[..len], [0x01, 0x04, 0x05, 0xc0, 0x84, 0x3d]);
 }
+
+#[test]
+fn full_tables_refuse_cleanly() {
+    let mut scheduler = fresh();
+    for _ in 0..8 {
+        scheduler.submit(at(0), &new_job(b"x")).unwrap();
+    }
+    assert_eq!(scheduler.submit(at(0), &new_job(b"x")), Err(Refusal::Full));
+    assert_eq!(
+        scheduler.submit(at(0), &new_job(&[0; PAYLOAD_LEN_MAX + 1])),
+        Err(Refusal::TooLarge)
+    );
+    assert_eq!(scheduler.heartbeat(at(0), 99, 1), Err(Refusal::UnknownJob));
+    // Eight claims wait for the sync; the ninth request is refused at once.
+    for request in 0..9 {
+        send(
+            &mut scheduler,
+            at(0),
+            worker(1),
+            &Message::Claim { request },
+        );
+    }
+    assert!(matches!(
+        answers(&mut scheduler, at(0))[..],
+        [Message::Refused {
+            request: 8,
+            reason: Refusal::Busy
+        }]
+    ));
+    scheduler.commit().unwrap();
+    assert_eq!(answers(&mut scheduler, at(0)).len(), 8);
+    assert_eq!(scheduler.jobs().len(), 8);
+}
