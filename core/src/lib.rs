@@ -18,7 +18,9 @@
 //! - [`service`] — the sans-IO shape of networked services;
 //! - [`wire`] — the wire envelope: ChaCha20-Poly1305 under a cluster keyring, replay window (see SPEC.md);
 //! - [`driver`] — one loop step of a node: open, dispatch, commit, seal, send;
-//! - [`dcounter`] — the distributed counter (G-Counter gossip, durable increments).
+//! - [`dcounter`] — the distributed counter (G-Counter gossip, durable increments);
+//! - [`queue`] — reliable message delivery: named queues, idempotent producers, delivery
+//!   leases, durable acks, and an idempotent-consumer helper.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -35,6 +37,7 @@ pub mod driver;
 pub mod frame;
 pub mod log;
 pub mod net;
+pub mod queue;
 pub mod rlog;
 pub mod rng;
 pub mod service;
