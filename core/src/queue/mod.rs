@@ -43,6 +43,11 @@
 //! - The storage must keep room for acknowledgements: sends are refused while fewer than
 //!   [`SEND_RESERVE_SEGMENTS`] segments are free, so acks (which free space) can still be
 //!   written. A backlog that fills the storage stalls sends until consumers catch up.
+//! - A message left unacknowledged pins the segment holding its SEND: while the log wraps
+//!   around to it, sends are refused ([`SendError::StorageFull`]) until it is acknowledged.
+//!   Live messages are not moved forward (no compaction yet), and there is no dead-letter
+//!   queue. Every restart begins a fresh segment, so many restarts without commits can fill
+//!   the log too; acks are then refused ([`AckError::Append`]) until a commit releases space.
 //! - A consumer that acks a message whose `Acked` reply was lost gets [`AckError::NotLive`]
 //!   on its retry: the message is delivered either way.
 
@@ -635,7 +640,9 @@ impl<
         self.staged = true;
         self.since_checkpoint = self.since_checkpoint.saturating_add(1);
         let low = self.log.free_segments() <= SEND_RESERVE_SEGMENTS;
-        if self.since_checkpoint >= self.config.checkpoint_every || low {
+        // When space is low, one checkpoint per commit is enough: its release is what helps.
+        let low_and_unreleased = low && self.pending_release.is_none();
+        if self.since_checkpoint >= self.config.checkpoint_every || low_and_unreleased {
             // A failed checkpoint leaves the write staged; the next write tries again.
             let _ = self.stage_checkpoint();
         }
@@ -685,7 +692,8 @@ impl<
             return Ok(());
         }
         self.staged = false;
-        if self.pending_release.is_none() && self.log.free_segments() <= SEND_RESERVE_SEGMENTS {
+        let low = self.log.free_segments() <= SEND_RESERVE_SEGMENTS;
+        if low && self.pending_release.is_none() && self.since_checkpoint > 0 {
             // Space is low (restarts each begin a fresh segment): release what can be released
             // with this sync. A failed append leaves the release to a later commit.
             let _ = self.stage_checkpoint();

@@ -522,6 +522,32 @@ fn a_send_message_has_the_specified_bytes() {
     );
 }
 
+#[test]
+fn records_have_the_specified_bytes() {
+    let mut buffer = [0u8; 32];
+    let used = postcard::to_slice(&1u64, &mut buffer).unwrap().len();
+    assert_eq!(&buffer[..used], &[0x01]);
+    let mut producers = Vec::new();
+    producers.push((300, 1, 1)).unwrap();
+    let checkpoint = CheckpointRecord::<4> {
+        next_id: 2,
+        oldest_live: 1,
+        producers,
+    };
+    let used = postcard::to_slice(&checkpoint, &mut buffer).unwrap().len();
+    assert_eq!(&buffer[..used], &[0x02, 0x01, 0x01, 0xAC, 0x02, 0x01, 0x01]);
+    let used = postcard::to_slice(&(5u64, &b"ok"[..]), &mut buffer)
+        .unwrap()
+        .len();
+    assert_eq!(&buffer[..used], &[0x05, 0x02, b'o', b'k']);
+    let mut seen: Vec<u64, 8> = Vec::new();
+    seen.push(5).unwrap();
+    let used = postcard::to_slice(&(seen, &b"s"[..]), &mut buffer)
+        .unwrap()
+        .len();
+    assert_eq!(&buffer[..used], &[0x01, 0x05, 0x01, b's']);
+}
+
 proptest! {
     #[test]
     fn messages_round_trip(request in any::<u64>(), id in any::<u64>(), token in any::<u64>(),
