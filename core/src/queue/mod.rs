@@ -43,11 +43,13 @@
 //! - The storage must keep room for acknowledgements: sends are refused while fewer than
 //!   [`SEND_RESERVE_SEGMENTS`] segments are free, so acks (which free space) can still be
 //!   written. A backlog that fills the storage stalls sends until consumers catch up.
-//! - A message left unacknowledged pins the segment holding its SEND: while the log wraps
-//!   around to it, sends are refused ([`SendError::StorageFull`]) until it is acknowledged.
-//!   Live messages are not moved forward (no compaction yet), and there is no dead-letter
-//!   queue. Every restart begins a fresh segment, so many restarts without commits can fill
-//!   the log too; acks are then refused ([`AckError::Append`]) until a commit releases space.
+//! - A message left unacknowledged pins the segment holding its SEND until
+//!   [`Queue::relocate`] copies it to the head of the log ([`Queue::needs_relocation`] says
+//!   when). The caller lends the scratch buffer and calls it (the service does not, yet);
+//!   without it, sends are refused ([`SendError::StorageFull`]) once the log wraps around to
+//!   the pinned segment. There is no dead-letter queue. Every restart begins a fresh segment,
+//!   so many restarts without commits can fill the log too; acks are then refused
+//!   ([`AckError::Append`]) until a commit releases space.
 //! - A consumer that acks a message whose `Acked` reply was lost gets [`AckError::NotLive`]
 //!   on its retry: the message is delivered either way.
 
@@ -290,6 +292,22 @@ pub enum AckError<E> {
     /// nothing changed.
     StaleDelivery,
     /// Appending DELIVERED failed; nothing changed. A storage error poisons the queue.
+    Append(AppendError<E>),
+    /// The queue is poisoned by an earlier storage error; nothing changed.
+    Poisoned,
+}
+
+/// Why [`Queue::relocate`] failed. Records moved before the failure stay moved (each is a
+/// complete copy); the rest are where they were.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum RelocateError<E> {
+    /// A record could not be read back (or `scratch` is too small for it).
+    Read(log::ReadError<E>),
+    /// A record read back is not the message's SEND (corrupted storage).
+    Corrupted,
+    /// Appending a copy or the checkpoint failed. A storage error poisons the queue.
     Append(AppendError<E>),
     /// The queue is poisoned by an earlier storage error; nothing changed.
     Poisoned,
@@ -579,6 +597,65 @@ impl<
         Ok(())
     }
 
+    /// Whether live messages pin the oldest live segment while space is low: then
+    /// [`Queue::relocate`] would let the next checkpoint release it.
+    pub fn needs_relocation(&self) -> bool {
+        let oldest = self.live.iter().map(|live| live.at.position.epoch).min();
+        self.log.free_segments() <= SEND_RESERVE_SEGMENTS
+            && oldest.is_some_and(|epoch| epoch < self.log.newest_epoch())
+    }
+
+    /// Copies the SEND records of the live messages in the oldest segment holding any to the
+    /// head of the log (same bytes, same id), so that a message left unacknowledged does not
+    /// pin old segments, and stages a checkpoint that releases them with the next commit.
+    /// `scratch` must hold one SEND payload. Returns how many records moved. Replay takes the
+    /// last copy of a record as the message's position.
+    pub fn relocate(&mut self, scratch: &mut [u8]) -> Result<u32, RelocateError<S::Error>> {
+        if self.poisoned {
+            return Err(RelocateError::Poisoned);
+        }
+        let Some(epoch) = self.live.iter().map(|live| live.at.position.epoch).min() else {
+            return Ok(0);
+        };
+        if epoch >= self.log.newest_epoch() {
+            return Ok(0);
+        }
+        let mut moved = 0u32;
+        for index in 0..self.live.len() {
+            let live = self.live[index];
+            if live.at.position.epoch != epoch {
+                continue;
+            }
+            let frame = self
+                .log
+                .read(live.at.position, scratch)
+                .map_err(RelocateError::Read)?;
+            let bytes = scratch.get(..frame.payload_len).unwrap_or(&[]);
+            let record: Option<SendRecord<'_>> = record::decode_exact(bytes);
+            if frame.kind != KIND_SEND || record.is_none_or(|record| record.id != live.id.0) {
+                return Err(RelocateError::Corrupted);
+            }
+            let at = self
+                .log
+                .append(KIND_SEND, |area| {
+                    let target = area
+                        .get_mut(..bytes.len())
+                        .ok_or(crate::frame::EmitError::BufferTooSmall)?;
+                    target.copy_from_slice(bytes);
+                    Ok(bytes.len())
+                })
+                .map_err(|error| self.append_failed(error))
+                .map_err(RelocateError::Append)?;
+            self.live[index].at = at;
+            moved = moved.saturating_add(1);
+        }
+        self.staged = true;
+        self.stage_checkpoint()
+            .map_err(|error| self.append_failed(error))
+            .map_err(RelocateError::Append)?;
+        Ok(moved)
+    }
+
     /// Whether message `id` is live (stored, not yet acknowledged).
     pub fn is_live(&self, id: MessageId) -> bool {
         self.live.binary_search_by_key(&id, |live| live.id).is_ok()
@@ -665,10 +742,15 @@ impl<
             .log
             .append_postcard(KIND_CHECKPOINT, &record)
             .map_err(|error| self.append_failed(error))?;
-        let release = match self.live.first() {
-            Some(oldest) if oldest.at.sequence < appended.sequence => oldest.at,
-            _ => appended,
-        };
+        // The oldest SEND by position: relocation moves records, so it need not be the
+        // lowest id.
+        let release = self
+            .live
+            .iter()
+            .map(|live| live.at)
+            .min_by_key(|at| at.sequence)
+            .filter(|oldest| oldest.sequence < appended.sequence)
+            .unwrap_or(appended);
         self.staged = true;
         self.since_checkpoint = 0;
         self.pending_release = Some(release);

@@ -176,7 +176,14 @@ impl<const MESSAGES: usize, const QUEUES: usize, const PRODUCERS: usize>
         );
         self.next_id = self.next_id.max(record.id.checked_add(1)?);
         let index = match self.live.binary_search_by_key(&record.id, |live| live.id.0) {
-            Ok(_) => return Some(()), // Yielded again before a release became durable.
+            Ok(index) => {
+                // A relocated copy (or one yielded again before a release became durable):
+                // the later copy is the message's position.
+                if let Some(live) = self.live.get_mut(index) {
+                    live.at = at;
+                }
+                return Some(());
+            }
             Err(index) => index,
         };
         let queue = super::queue_slot(&mut self.names, &self.live, record.queue)?;

@@ -304,6 +304,42 @@ fn a_full_storage_refuses_sends_but_takes_acks() {
     queue.send(at(2), "q", 1, sent + 1, b"room again").unwrap();
 }
 
+/// A message nobody acknowledges, then a long run of send + ack on another queue; returns how
+/// many rounds passed before a send was refused (`None`: never).
+fn run_with_a_pinned_message(relocate: bool) -> Option<u64> {
+    let mut queue = fresh();
+    let pinned = queue.send(at(0), "stuck", 9, 1, b"poison").unwrap();
+    queue.commit().unwrap();
+    let mut scratch = [0u8; 256];
+    for round in 0..2000u64 {
+        if relocate && queue.needs_relocation() {
+            assert!(queue.relocate(&mut scratch).unwrap() >= 1);
+        }
+        match queue.send(at(round), "q", 1, round + 1, &[3; 40]) {
+            Ok(_) => {}
+            Err(SendError::StorageFull) => return Some(round),
+            Err(other) => panic!("send failed: {other:?}"),
+        }
+        let (delivery, _) = receive(&mut queue, at(round), "q").unwrap();
+        queue.ack(at(round), delivery.id, delivery.token).unwrap();
+        queue.commit().unwrap();
+        if round % 300 == 299 {
+            queue = crash_and_reopen(queue, round as u32 + 2);
+        }
+    }
+    let mut queue = crash_and_reopen(queue, 9999);
+    assert_eq!(queue.stats().live, 1);
+    let (delivery, payload) = receive(&mut queue, at(5000), "stuck").unwrap();
+    assert_eq!((delivery.id, payload.as_slice()), (pinned, &b"poison"[..]));
+    None
+}
+
+#[test]
+fn an_unacknowledged_message_pins_the_log_until_it_is_relocated() {
+    assert!(run_with_a_pinned_message(false).is_some());
+    assert_eq!(run_with_a_pinned_message(true), None);
+}
+
 #[test]
 fn the_idempotent_consumer_applies_each_effect_once_across_a_crash_at_every_point() {
     type Consumer = IdempotentConsumer<RamStorage<4096>, [u8; 512], 8>;
