@@ -787,3 +787,74 @@ impl<
         synced
     }
 }
+
+impl<E: core::fmt::Display> core::fmt::Display for SendError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::TooLarge => write!(f, "the message is larger than the configured maximum"),
+            Self::BadName => write!(f, "the queue name is empty or longer than {NAME_MAX} bytes"),
+            Self::Full => write!(f, "the live-message index or the queue table is full"),
+            Self::StorageFull => write!(f, "the storage is nearly full: ack messages first"),
+            Self::SequenceBehind { highest } => write!(
+                f,
+                "the producer already stored sequence {highest}: a retry of an older send, or out of order"
+            ),
+            Self::Append(error) => write!(f, "append failed: {error}"),
+            Self::Poisoned => write!(f, "an earlier storage error poisoned the queue"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug + core::fmt::Display> core::error::Error for SendError<E> {}
+
+impl<E: core::fmt::Display> core::fmt::Display for ReceiveError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BufferTooSmall { needed } => {
+                write!(f, "the buffer cannot hold the {needed}-byte message")
+            }
+            Self::Read(error) => write!(f, "reading the message failed: {error}"),
+            Self::Corrupted => write!(f, "the record read back is not the message's"),
+            Self::TokensExhausted => write!(f, "every delivery token of this incarnation is used"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug + core::fmt::Display> core::error::Error for ReceiveError<E> {}
+
+impl<E: core::fmt::Display> core::fmt::Display for AckError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::NotLive => write!(
+                f,
+                "the message is not live: acknowledged already, or never sent"
+            ),
+            Self::StaleDelivery => {
+                write!(f, "the delivery token is not the message's current lease")
+            }
+            Self::Append(error) => write!(f, "append failed: {error}"),
+            Self::Poisoned => write!(f, "an earlier storage error poisoned the queue"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug + core::fmt::Display> core::error::Error for AckError<E> {}
+
+impl<E: core::fmt::Display> core::fmt::Display for RelocateError<E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Read(error) => write!(f, "reading a record to relocate failed: {error}"),
+            Self::Corrupted => write!(f, "a record read back is not the message's"),
+            Self::Append(error) => write!(f, "append failed: {error}"),
+            Self::Poisoned => write!(f, "an earlier storage error poisoned the queue"),
+        }
+    }
+}
+
+impl<E: core::fmt::Debug + core::fmt::Display> core::error::Error for RelocateError<E> {}
+
+impl core::fmt::Display for Malformed {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "not a valid queue message")
+    }
+}

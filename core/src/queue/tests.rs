@@ -559,6 +559,21 @@ fn a_send_message_has_the_specified_bytes() {
 }
 
 #[test]
+fn every_error_says_what_happened() {
+    use std::string::ToString;
+    let send: SendError<crate::storage::ContractError> = SendError::SequenceBehind { highest: 4 };
+    assert!(send.to_string().contains("sequence 4"));
+    let ack: AckError<crate::storage::ContractError> = AckError::StaleDelivery;
+    assert!(ack.to_string().contains("token"));
+    let receive: ReceiveError<crate::storage::ContractError> =
+        ReceiveError::BufferTooSmall { needed: 9 };
+    assert!(receive.to_string().contains("9-byte"));
+    let relocate: RelocateError<crate::storage::ContractError> = RelocateError::Corrupted;
+    assert!(!relocate.to_string().is_empty());
+    assert!(!ReplayError::Capacity { sequence: 3 }.to_string().is_empty());
+}
+
+#[test]
 fn records_have_the_specified_bytes() {
     let mut buffer = [0u8; 32];
     let used = postcard::to_slice(&1u64, &mut buffer).unwrap().len();
