@@ -680,3 +680,82 @@ proptest! {
         prop_assert!(full_acks < 40);
     }
 }
+
+/// RAM storage whose writes fail on demand.
+#[derive(Debug)]
+struct Flaky {
+    inner: Ram,
+    fail_writes: bool,
+}
+
+impl crate::storage::Storage for Flaky {
+    type Error = crate::storage::ContractError;
+
+    fn geometry(&self) -> crate::storage::Geometry {
+        self.inner.geometry()
+    }
+
+    fn read(&mut self, offset: u64, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.inner.read(offset, bytes)
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Self::Error> {
+        if self.fail_writes {
+            return Err(crate::storage::ContractError::OutOfRange);
+        }
+        self.inner.write(offset, bytes)
+    }
+
+    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
+        self.inner.erase(offset, len)
+    }
+
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn a_failed_commit_refuses_the_writes_it_held_and_everything_after() {
+    type FlakyQueue = Queue<Flaky, [u8; 1024], 16, 4, 4, 8>;
+    let flaky = Flaky {
+        inner: RamStorage::new(8, 512, 0xFF).unwrap(),
+        fail_writes: false,
+    };
+    let mut queue = FlakyQueue::open(flaky, [0; 1024], config(1)).unwrap().0;
+    let send = |request: u64, sequence: u64| {
+        let mut buffer = [0u8; 64];
+        let message = Message::Send {
+            request,
+            queue: "q",
+            producer: 1,
+            sequence,
+            payload: b"x",
+        };
+        let len = encode(&message, &mut buffer).unwrap();
+        (buffer, len)
+    };
+    let (bytes, len) = send(1, 1);
+    queue.handle_message(at(0), client(), &bytes[..len]);
+    queue.log.storage_mut().fail_writes = true;
+    assert!(queue.commit().is_err());
+    let (bytes, len) = send(2, 2);
+    queue.handle_message(at(0), client(), &bytes[..len]);
+    let _ = queue.commit();
+    let mut buffer = [0u8; 64];
+    for request in [1, 2] {
+        let transmit = queue.poll_transmit(at(0), &mut buffer).unwrap();
+        assert_eq!(
+            decode(&buffer[..transmit.len]),
+            Ok(Message::Refused {
+                request,
+                reason: Refusal::Unavailable
+            })
+        );
+    }
+    // A restart recovers: the failed send never reached the medium.
+    let (mut storage, buffer) = queue.into_parts();
+    storage.fail_writes = false;
+    let queue = FlakyQueue::open(storage, buffer, config(2)).unwrap().0;
+    assert_eq!(queue.stats().live, 0);
+}
