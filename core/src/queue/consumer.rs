@@ -198,8 +198,12 @@ fn replay_entry<const SEEN: usize>(
     Ok(())
 }
 
-/// A consumer's effects and processed ids on its own storage log. See the [module
-/// docs](self).
+/// A consumer's effects and processed ids on its own storage log. See the [queue module
+/// docs](super) and the guarantees below.
+///
+/// Effect and id share one frame (atomic by its CRC), synced before [`Self::process`] returns;
+/// the last `SEEN` processed ids are remembered (checkpointed with the application's snapshot by
+/// [`Self::checkpoint`]); a redelivery of an older id is processed again.
 #[derive(Debug)]
 pub struct IdempotentConsumer<S, B, const SEEN: usize> {
     log: Log<S, B>,
