@@ -20,7 +20,9 @@
 //! - [`driver`] — one loop step of a node: open, dispatch, commit, seal, send;
 //! - [`dcounter`] — the distributed counter (G-Counter gossip, durable increments);
 //! - [`jobs`] — the job scheduler: jobs and their transitions in a log, leases with fencing
-//!   tokens, retries with backoff, a dead-letter state.
+//!   tokens, retries with backoff, a dead-letter state;
+//! - [`queue`] — reliable message delivery: named queues, idempotent producers, delivery
+//!   leases, durable acks, and an idempotent-consumer helper.
 #![no_std]
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
@@ -38,6 +40,7 @@ pub mod frame;
 pub mod jobs;
 pub mod log;
 pub mod net;
+pub mod queue;
 pub mod rlog;
 pub mod rng;
 pub mod service;

@@ -24,6 +24,8 @@ pub mod kind {
     pub const COUNTER: u8 = 1;
     /// The leaderless replicated log (anti-entropy between nodes and client requests).
     pub const REPLICATED_LOG: u8 = 2;
+    /// The message queue (client requests: send, receive, ack, extend).
+    pub const QUEUE: u8 = 3;
     /// The job scheduler (client and worker requests).
     pub const JOBS: u8 = 4;
 }
