@@ -49,7 +49,7 @@ pub enum Message {
         count: u32,
         /// Whether the receiver should push back.
         pull: bool,
-        /// [`digest`] of the sender's whole state: a receiver whose state has the same digest
+        /// `digest` of the sender's whole state: a receiver whose state has the same digest
         /// holds everything the sender has, and need not push back what the sender already has.
         digest: u64,
     },
@@ -61,7 +61,7 @@ pub enum Message {
         low: u64,
         /// The push's `high`.
         high: u64,
-        /// [`digest`] of the receiver's whole state after the merge: when it equals the
+        /// `digest` of the receiver's whole state after the merge: when it equals the
         /// sender's, the receiver holds every entry the sender has.
         digest: u64,
     },

@@ -6,7 +6,7 @@
 //! delay and a number of attempts. A worker's claim takes the best runnable job (highest
 //! priority, then earliest run-after, then submission order, among jobs whose run-after has
 //! passed), marks it running under the worker's id with a lease and a fresh fencing token, and
-//! is answered only once the CLAIM record is synced ([`Service::commit`]). Heartbeats extend the
+//! is answered only once the CLAIM record is synced ([`Service::commit`](crate::service::Service::commit)). Heartbeats extend the
 //! lease; completion and failure must carry the token. A lease that runs out (no heartbeat)
 //! counts as a failed attempt and offers the job again at once; a failure offers it again after
 //! a backoff; after `max_attempts` failures the job is dead until re-queued.
@@ -193,7 +193,7 @@ pub struct Stats {
     pub outbox_full: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
-    /// Syncs done by [`Service::commit`].
+    /// Syncs done by [`Service::commit`](crate::service::Service::commit).
     pub syncs: u64,
 }
 

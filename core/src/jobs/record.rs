@@ -204,7 +204,7 @@ impl<'a> Record<'a> {
     }
 
     /// Decodes a record of `kind`; `None` when the payload is not one (or not exactly one).
-    /// CHECKPOINT is decoded by [`Index::apply_checkpoint`].
+    /// CHECKPOINT is decoded by `Index::apply_checkpoint`.
     pub fn decode(kind: u8, payload: &'a [u8]) -> Option<Self> {
         match kind {
             KIND_SUBMIT => exact(payload)
