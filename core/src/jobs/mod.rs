@@ -44,9 +44,11 @@
 //! - Exactly-once execution: a worker whose lease ran out (a pause, a partition) may still be
 //!   running while another holds the job; fencing tokens let the job's effects refuse the
 //!   stale worker, but only if they check the token.
-//! - A retried `Submit` without a key stores a second job; a retried `Claim` whose answer was
-//!   lost claims another job (the first one's lease runs out). Keys deduplicate while the job
-//!   is known or among the last `DONE` finished ones.
+//! - A retried `Submit` without a key stores a second job. Keys deduplicate while the job is
+//!   known or among the last `DONE` finished ones. A retried `Claim` (same client, incarnation
+//!   and request id: its answer was lost) gets the same claim again while it runs and is among
+//!   the last 32 claims granted; past that, or after a restart of the scheduler, it claims
+//!   another job and the first one's lease runs out.
 //! - More unfinished jobs than the log can hold fill it: writes are then refused
 //!   ([`Refusal::Unavailable`]). An old unfinished job does not pin the log: when free segments
 //!   run short, a checkpoint first copies the SUBMIT records of the oldest segment forward.
@@ -82,6 +84,19 @@ use record::{CheckpointView, Index};
 const RELOCATE_MAX: usize = 4;
 /// Immediate answers (no write behind them) waiting to be sent; more are dropped and counted.
 const OUTBOX: usize = 16;
+/// Claims remembered for retried `Claim` requests.
+const RECENT_CLAIMS: usize = 32;
+
+/// A claim granted to a client's `Claim`, remembered so that a retry of that request (its
+/// `Claimed` answer lost) gets the same claim back instead of a second job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RecentClaim {
+    worker: NodeId,
+    incarnation: u32,
+    request: u64,
+    job: u64,
+    token: u64,
+}
 
 /// How a scheduler behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -273,6 +288,8 @@ pub struct Scheduler<S, B, const JOBS: usize, const DONE: usize, const PENDING: 
     /// Jitter for failures reported by messages (which bring no [`Rng`]); reseeded from the
     /// caller's generator at every timeout.
     jitter: SplitMix64,
+    /// The latest claims granted to clients' requests.
+    recent_claims: Deque<RecentClaim, RECENT_CLAIMS>,
     stats: Stats,
 }
 
@@ -331,6 +348,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
             last_now: now,
             poisoned: false,
             jitter: SplitMix64::new(now.as_micros()),
+            recent_claims: Deque::new(),
             stats: Stats::default(),
         };
         Ok((scheduler, recovery))

@@ -2,7 +2,7 @@
 //! the group commit, lease expiry on timeouts.
 
 use super::message::{self, Message, Refusal};
-use super::{Answer, CommitError, NewJob, Reply, Scheduler, State};
+use super::{Answer, CommitError, Lease, NewJob, RecentClaim, Reply, Scheduler, State};
 use crate::rng::{Rng, SplitMix64};
 use crate::service::{self, Peer, Service, Transmit};
 use crate::storage::Storage;
@@ -75,11 +75,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
                     this.submit(now, &job).map(Answer::Submitted)
                 });
             }
-            Message::Claim { request } => self.write_request(from, request, |this| {
-                Ok(this
-                    .claim(now, from.node)?
-                    .map_or(Answer::NoJob, Answer::Claimed))
-            }),
+            Message::Claim { request } => self.handle_claim(now, from, request),
             Message::Heartbeat {
                 request,
                 job,
@@ -122,6 +118,50 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
             | Message::Listed { .. }
             | Message::Refused { .. } => {}
         }
+    }
+
+    /// A claim, or the repeat of one whose answer was lost.
+    fn handle_claim(&mut self, now: Instant, from: Peer, request: u64) {
+        if let Some(lease) = self.repeat_claim(from, request) {
+            if self.pending.is_full() {
+                self.answer_now(from, request, Answer::Refused(Refusal::Busy));
+            } else {
+                self.answer_after_commit(from, request, Answer::Claimed(lease));
+            }
+            return;
+        }
+        self.write_request(from, request, |this| {
+            let claimed = this.claim(now, from.node)?;
+            if let Some(lease) = claimed {
+                if this.recent_claims.is_full() {
+                    this.recent_claims.pop_front();
+                }
+                let _ = this.recent_claims.push_back(RecentClaim {
+                    worker: from.node,
+                    incarnation: from.incarnation,
+                    request,
+                    job: lease.job,
+                    token: lease.token,
+                });
+            }
+            Ok(claimed.map_or(Answer::NoJob, Answer::Claimed))
+        });
+    }
+
+    /// The claim granted to this very request, if the job still runs under it.
+    fn repeat_claim(&self, from: Peer, request: u64) -> Option<Lease> {
+        let recent = self.recent_claims.iter().find(|recent| {
+            recent.worker == from.node
+                && recent.incarnation == from.incarnation
+                && recent.request == request
+        })?;
+        let job = self.index.jobs[self.index.find(recent.job)?];
+        (job.state == State::Running && job.token == recent.token).then_some(Lease {
+            job: job.id,
+            token: job.token,
+            expires: job.lease,
+            attempts: job.attempts,
+        })
     }
 
     /// A failure needs randomness for its backoff, and messages carry no [`Rng`]: the jitter

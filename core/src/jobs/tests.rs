@@ -164,6 +164,60 @@ fn a_claim_is_durable_before_it_is_answered_and_carries_the_payload() {
     assert_eq!(scheduler.jobs()[0].token, *token);
 }
 
+fn claimed(answer: &Message<'_>) -> (u64, u64) {
+    match answer {
+        Message::Claimed { job, token, .. } => (*job, *token),
+        other => panic!("not a claim: {other:?}"),
+    }
+}
+
+#[test]
+fn a_retried_claim_gets_the_same_job_not_a_second_one() {
+    let mut scheduler = fresh();
+    for payload in [&b"a"[..], b"b"] {
+        scheduler.submit(at(0), &new_job(payload)).unwrap();
+    }
+    scheduler.commit().unwrap();
+    let claim = Message::Claim { request: 4 };
+    send(&mut scheduler, at(1), worker(1), &claim);
+    // The retry arrives before the first claim's sync: answered after it, the same claim.
+    send(&mut scheduler, at(1), worker(1), &claim);
+    scheduler.commit().unwrap();
+    let got = answers(&mut scheduler, at(1));
+    assert_eq!(got.len(), 2);
+    assert_eq!(claimed(&got[0]), claimed(&got[1]));
+    // A retry after the answer was lost: the same claim again.
+    send(&mut scheduler, at(2), worker(1), &claim);
+    scheduler.commit().unwrap();
+    assert_eq!(
+        claimed(&answers(&mut scheduler, at(2))[0]),
+        claimed(&got[0])
+    );
+    let running = scheduler
+        .jobs()
+        .iter()
+        .filter(|job| job.state == State::Running)
+        .count();
+    assert_eq!(running, 1);
+    // The same request id from another worker is another claim.
+    send(&mut scheduler, at(3), worker(2), &claim);
+    scheduler.commit().unwrap();
+    assert_ne!(
+        claimed(&answers(&mut scheduler, at(3))[0]).0,
+        claimed(&got[0]).0
+    );
+    // Once the first job is completed, the old request no longer names a running claim.
+    let (job, token) = claimed(&got[0]);
+    scheduler.complete(at(4), job, token).unwrap();
+    scheduler.commit().unwrap();
+    send(&mut scheduler, at(5), worker(1), &claim);
+    scheduler.commit().unwrap();
+    assert_eq!(
+        answers(&mut scheduler, at(5)),
+        [Message::NoJob { request: 4 }]
+    );
+}
+
 #[test]
 fn a_heartbeat_extends_the_lease_and_a_stale_token_is_rejected_after_expiry_and_reclaim() {
     let mut scheduler = fresh();

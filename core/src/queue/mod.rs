@@ -45,9 +45,12 @@
 //!   written. A backlog that fills the storage stalls sends until consumers catch up.
 //! - A message left unacknowledged pins the segment holding its SEND until
 //!   [`Queue::relocate`] copies it to the head of the log ([`Queue::needs_relocation`] says
-//!   when). The caller lends the scratch buffer and calls it (the service does not, yet);
-//!   without it, sends are refused ([`SendError::StorageFull`]) once the log wraps around to
-//!   the pinned segment. There is no dead-letter queue. Every restart begins a fresh segment,
+//!   when). The service does so at a commit when space runs low, if a scratch buffer was lent
+//!   ([`Queue::set_relocation_scratch`]); without one, sends are refused
+//!   ([`SendError::StorageFull`]) once the log wraps around to the pinned segment. A backlog
+//!   of live messages that fills the log still stalls sends: relocation moves messages, it
+//!   does not make room for more of them. There is no dead-letter queue: a message that
+//!   always fails is redelivered until acknowledged. Every restart begins a fresh segment,
 //!   so many restarts without commits can fill the log too; acks are then refused
 //!   ([`AckError::Append`]) until a commit releases space.
 //! - A consumer that acks a message whose `Acked` reply was lost gets [`AckError::NotLive`]
@@ -83,6 +86,8 @@ use crate::time::Instant;
 pub const NAME_MAX: usize = 32;
 /// Sends are refused while fewer segments than this are free, keeping room for acks.
 pub const SEND_RESERVE_SEGMENTS: u32 = 2;
+/// Deliveries remembered for retried `Receive` requests.
+const RECENT_DELIVERIES: usize = 32;
 
 /// A message's id: unique in one queue node's storage, growing in send order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -230,6 +235,8 @@ pub struct Stats {
     pub stale: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
+    /// SEND records copied forward by the service's relocation.
+    pub relocated: u64,
     /// Syncs done.
     pub syncs: u64,
     /// Payloads that did not decode: dropped.
@@ -340,6 +347,11 @@ pub struct Queue<
     poisoned: bool,
     /// Replies waiting for the next commit, then ready to send.
     replies: Deque<service::Reply, REPLIES>,
+    /// The latest deliveries made for clients, so a retried `Receive` (its `Delivery` lost)
+    /// gets the same lease again instead of a second message.
+    recent: Deque<service::RecentDelivery, RECENT_DELIVERIES>,
+    /// Lent by [`Queue::set_relocation_scratch`]: lets the service relocate pinned messages.
+    scratch: Option<B>,
     stats: Stats,
 }
 
@@ -386,9 +398,20 @@ impl<
             pending_release: None,
             poisoned: false,
             replies: Deque::new(),
+            recent: Deque::new(),
+            scratch: None,
             stats: Stats::default(),
         };
         Ok((queue, recovery))
+    }
+
+    /// Lends a buffer of at least [`send_len_max`]`(message_max)` bytes with which the service
+    /// ([`Service::commit`](crate::service::Service::commit)) relocates the messages that pin
+    /// the oldest segment when space runs low (see [`Queue::relocate`]). Without it, a message
+    /// left unacknowledged pins its segment and sends are refused once the log wraps around to
+    /// it.
+    pub fn set_relocation_scratch(&mut self, scratch: B) {
+        self.scratch = Some(scratch);
     }
 
     /// Stores `payload` in `queue` for `producer` under its `sequence`: staged now, durable when
@@ -647,6 +670,7 @@ impl<
                 .map_err(|error| self.append_failed(error))
                 .map_err(RelocateError::Append)?;
             self.live[index].at = at;
+            self.staged = true;
             moved = moved.saturating_add(1);
         }
         self.staged = true;

@@ -8,7 +8,8 @@ use core::time::Duration;
 
 use super::message::{self, Message, Refusal};
 use super::record::{self, SendRecord};
-use super::{AckError, MessageId, Queue, SendError};
+use super::{AckError, MessageId, Queue, SendError, State};
+use crate::crdt::NodeId;
 use crate::log::{AppendError, Position, SyncError};
 use crate::net::SocketAddr;
 use crate::rng::Rng;
@@ -73,6 +74,17 @@ pub(crate) struct Reply {
     /// Whether the answer depends on a staged write (refused if the sync fails).
     write: bool,
     ready: bool,
+}
+
+/// A delivery made for a client's `Receive`, remembered so that a retry of that request (its
+/// `Delivery` lost) gets the same lease back instead of leasing a second message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RecentDelivery {
+    node: NodeId,
+    incarnation: u32,
+    request: u64,
+    id: u64,
+    token: u64,
 }
 
 fn send_refusal<E>(error: SendError<E>) -> Refusal {
@@ -141,7 +153,10 @@ impl<
                 lease_ms,
             } => {
                 let lease = Duration::from_millis(u64::from(lease_ms));
-                let answer = self.lease_next(now, queue, lease);
+                let answer = match self.repeat_delivery(now, from, request) {
+                    Some(answer) => answer,
+                    None => self.lease_next(now, from, request, (queue, lease)),
+                };
                 self.reply(from, request, answer, false);
             }
             Message::Ack { request, id, token } => {
@@ -180,8 +195,45 @@ impl<
         }
     }
 
+    /// The delivery already made for this very request (a retry whose `Delivery` was lost),
+    /// if its lease still holds.
+    fn repeat_delivery(&mut self, now: Instant, from: Peer, request: u64) -> Option<Answer> {
+        let recent = *self.recent.iter().find(|recent| {
+            recent.node == from.node
+                && recent.incarnation == from.incarnation
+                && recent.request == request
+        })?;
+        self.expire(now);
+        let index = self
+            .live
+            .binary_search_by_key(&recent.id, |live| live.id.0)
+            .ok()?;
+        let live = self.live[index];
+        match live.state {
+            State::Leased { token, .. } if token == recent.token => Some(Answer::Delivery {
+                id: live.id.0,
+                token,
+                attempt: live.attempts,
+                at: live.at.position,
+            }),
+            _ => None,
+        }
+    }
+
     /// Leases the next pending message for a client; its payload is read when the reply is sent.
-    fn lease_next(&mut self, now: Instant, queue: &str, lease: Duration) -> Answer {
+    fn lease_next(
+        &mut self,
+        now: Instant,
+        from: Peer,
+        request: u64,
+        (queue, lease): (&str, Duration),
+    ) -> Answer {
+        if self.poisoned {
+            // A poisoned queue may index sends whose sync failed: hand out nothing.
+            return Answer::Refused {
+                reason: Refusal::Unavailable,
+            };
+        }
         if self.replies.is_full() {
             // The reply would be dropped: do not lease a message nobody will hear about.
             return Answer::Refused {
@@ -195,12 +247,24 @@ impl<
         let at = self.live[index].at.position;
         let id = self.live[index].id.0;
         match self.lease(index, now, lease) {
-            Some((token, attempt)) => Answer::Delivery {
-                id,
-                token,
-                attempt,
-                at,
-            },
+            Some((token, attempt)) => {
+                if self.recent.is_full() {
+                    self.recent.pop_front();
+                }
+                let _ = self.recent.push_back(RecentDelivery {
+                    node: from.node,
+                    incarnation: from.incarnation,
+                    request,
+                    id,
+                    token,
+                });
+                Answer::Delivery {
+                    id,
+                    token,
+                    attempt,
+                    at,
+                }
+            }
             None => Answer::Refused {
                 reason: Refusal::Unavailable,
             },
@@ -304,6 +368,16 @@ impl<
     }
 
     fn commit(&mut self) -> Result<(), Self::Error> {
+        if !self.poisoned && self.needs_relocation() {
+            if let Some(mut scratch) = self.scratch.take() {
+                // A failure leaves the records where they were (a storage error poisons the
+                // queue, and the sync below reports it); the next commit tries again.
+                if let Ok(moved) = self.relocate(scratch.as_mut()) {
+                    self.stats.relocated += u64::from(moved);
+                }
+                self.scratch = Some(scratch);
+            }
+        }
         let synced = self.sync_staged();
         for reply in self.replies.iter_mut().filter(|reply| !reply.ready) {
             reply.ready = true;

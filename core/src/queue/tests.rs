@@ -341,6 +341,27 @@ fn an_unacknowledged_message_pins_the_log_until_it_is_relocated() {
 }
 
 #[test]
+fn the_service_relocates_a_pinned_message_when_given_scratch() {
+    let mut queue = fresh();
+    queue.set_relocation_scratch([0; 1024]);
+    let pinned = queue.send(at(0), "stuck", 9, 1, b"poison").unwrap();
+    queue.commit().unwrap();
+    for round in 0..2000u64 {
+        queue
+            .send(at(round), "q", 1, round + 1, &[3; 40])
+            .unwrap_or_else(|error| panic!("round {round}: send refused: {error:?}"));
+        let (delivery, _) = receive(&mut queue, at(round), "q").unwrap();
+        queue.ack(at(round), delivery.id, delivery.token).unwrap();
+        queue.commit().unwrap();
+    }
+    assert!(queue.stats().relocated >= 1);
+    let mut queue = crash_and_reopen(queue, 7);
+    assert_eq!(queue.stats().live, 1);
+    let (delivery, payload) = receive(&mut queue, at(5000), "stuck").unwrap();
+    assert_eq!((delivery.id, payload.as_slice()), (pinned, &b"poison"[..]));
+}
+
+#[test]
 fn the_idempotent_consumer_applies_each_effect_once_across_a_crash_at_every_point() {
     type Consumer = IdempotentConsumer<RamStorage<4096>, [u8; 512], 8>;
     let consumer_config = || {
@@ -516,6 +537,49 @@ fn the_service_replies_to_writes_only_after_the_commit() {
     let mut rng = SplitMix64::new(1);
     queue.handle_timeout(at(1), &mut rng);
     assert_eq!(queue.poll_timeout(), None);
+}
+
+fn delivery_of(bytes: &[u8]) -> (u64, u64, u32) {
+    match decode(bytes) {
+        Ok(Message::Delivery {
+            id, token, attempt, ..
+        }) => (id, token, attempt),
+        other => panic!("not a delivery: {other:?}"),
+    }
+}
+
+#[test]
+fn a_retried_receive_gets_the_same_lease_not_a_second_message() {
+    let mut queue = fresh();
+    for sequence in 1..=2 {
+        queue.send(at(0), "q", 5, sequence, b"m").unwrap();
+    }
+    queue.commit().unwrap();
+    let receive = |request| Message::Receive {
+        request,
+        queue: "q",
+        lease_ms: 1000,
+    };
+    request(&mut queue, at(0), &receive(7));
+    queue.commit().unwrap();
+    let first = delivery_of(&replies(&mut queue)[0]);
+    // The Delivery was lost; the client retries the same request.
+    request(&mut queue, at(0), &receive(7));
+    queue.commit().unwrap();
+    assert_eq!(delivery_of(&replies(&mut queue)[0]), first);
+    assert_eq!(queue.stats().leased, 1);
+    // Another request gets the next message.
+    request(&mut queue, at(0), &receive(8));
+    queue.commit().unwrap();
+    let second = delivery_of(&replies(&mut queue)[0]);
+    assert_ne!(second.0, first.0);
+    // Once the lease ran out, a late retry is a new receive: a new token.
+    request(&mut queue, at(2), &receive(7));
+    queue.commit().unwrap();
+    let again = delivery_of(&replies(&mut queue)[0]);
+    assert_eq!(again.0, first.0);
+    assert_ne!(again.1, first.1);
+    assert_eq!(again.2, 2);
 }
 
 #[test]
