@@ -21,7 +21,7 @@
 //!   before the damage: acknowledged increments after it are lost, and recovery says so.
 
 use crate::frame::EmitError;
-use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, SyncError};
+use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError, SyncError};
 use crate::storage::Storage;
 
 /// Kind of a frame holding an increment.
@@ -51,30 +51,6 @@ impl Default for CounterConfig {
             },
         }
     }
-}
-
-/// A frame that passed its checksum but is not a counter record: a bug or a foreign log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum ReplayError {
-    /// The payload is not one u64 varint.
-    BadPayload {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
-    /// A kind the counter does not write.
-    UnknownKind {
-        /// Sequence number of the frame.
-        sequence: u64,
-        /// The kind found.
-        kind: u8,
-    },
-    /// Replaying the increments overflows a u64.
-    Overflow {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
 }
 
 /// Why an increment failed.
@@ -119,7 +95,7 @@ fn replay(
         KIND_ADD => {
             *value = value
                 .checked_add(amount)
-                .ok_or(ReplayError::Overflow { sequence })?;
+                .ok_or(ReplayError::Capacity { sequence })?;
             *since_checkpoint = since_checkpoint.saturating_add(1);
         }
         KIND_CHECKPOINT => {
@@ -238,22 +214,6 @@ impl<S: Storage, B: AsMut<[u8]>> Counter<S, B> {
     /// Gives the storage and buffer back.
     pub fn into_parts(self) -> (S, B) {
         self.log.into_parts()
-    }
-}
-
-impl core::fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::BadPayload { sequence } => {
-                write!(f, "record {sequence} is not a counter record (bad payload)")
-            }
-            Self::UnknownKind { sequence, kind } => {
-                write!(f, "record {sequence} has kind {kind}, not a counter record")
-            }
-            Self::Overflow { sequence } => {
-                write!(f, "replaying record {sequence} overflows the counter")
-            }
-        }
     }
 }
 

@@ -59,7 +59,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crdt::{MaxMap, NodeId};
 use crate::frame::EmitError;
-use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, SyncError};
+use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError, SyncError};
 use crate::net::SocketAddr;
 use crate::rng::Rng;
 use crate::service::{self, Peer, Service, Transmit};
@@ -215,30 +215,6 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Syncs done by [`Service::commit`].
     pub syncs: u64,
-}
-
-/// A record that passed its checksum but is not one this service writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum ReplayError {
-    /// The payload does not decode, or a checkpoint is not canonical.
-    BadPayload {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
-    /// A kind this service does not write.
-    UnknownKind {
-        /// Sequence number of the frame.
-        sequence: u64,
-        /// The kind found.
-        kind: u8,
-    },
-    /// The records need more than `N` nodes or overflow a count.
-    Capacity {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
 }
 
 /// Why a commit failed: the storage failed and the service is poisoned; nothing staged since the
@@ -1115,31 +1091,6 @@ impl<
         Ok(())
     }
 }
-
-impl core::fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::BadPayload { sequence } => {
-                write!(
-                    f,
-                    "record {sequence} is not a valid distributed counter record"
-                )
-            }
-            Self::UnknownKind { sequence, kind } => {
-                write!(
-                    f,
-                    "record {sequence} has kind {kind}, not a distributed counter's"
-                )
-            }
-            Self::Capacity { sequence } => write!(
-                f,
-                "record {sequence} needs more nodes than the capacity, or overflows a count"
-            ),
-        }
-    }
-}
-
-impl core::error::Error for ReplayError {}
 
 impl<E: core::fmt::Display> core::fmt::Display for CommitError<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

@@ -73,7 +73,7 @@ use heapless::{Deque, Vec};
 
 use crate::crdt::NodeId;
 use crate::frame::EmitError;
-use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, SyncError};
+use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError, SyncError};
 use crate::net::SocketAddr;
 use crate::rng::{Rng, SplitMix64};
 use crate::storage::Storage;
@@ -210,30 +210,6 @@ pub struct Stats {
     pub checkpoints: u64,
     /// Syncs done by [`Service::commit`](crate::service::Service::commit).
     pub syncs: u64,
-}
-
-/// A record that passed its checksum but is not one this service writes, or does not fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum ReplayError {
-    /// The payload does not decode as a record of its kind.
-    BadPayload {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
-    /// A kind this service does not write.
-    UnknownKind {
-        /// Sequence number of the frame.
-        sequence: u64,
-        /// The kind found.
-        kind: u8,
-    },
-    /// The records hold more than `JOBS` unfinished jobs.
-    Capacity {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
 }
 
 /// Why a commit failed: the storage failed and the scheduler is poisoned; nothing staged since
@@ -785,27 +761,6 @@ fn replay<const JOBS: usize, const DONE: usize>(
     *since_checkpoint = since_checkpoint.saturating_add(1);
     Ok(())
 }
-
-impl core::fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::BadPayload { sequence } => {
-                write!(f, "record {sequence} is not a valid job scheduler record")
-            }
-            Self::UnknownKind { sequence, kind } => {
-                write!(
-                    f,
-                    "record {sequence} has kind {kind}, not a job scheduler's"
-                )
-            }
-            Self::Capacity { sequence } => {
-                write!(f, "record {sequence} needs more jobs than the capacity")
-            }
-        }
-    }
-}
-
-impl core::error::Error for ReplayError {}
 
 impl<E: core::fmt::Display> core::fmt::Display for CommitError<E> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {

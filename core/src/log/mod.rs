@@ -178,6 +178,60 @@ pub enum OpenError<E, V> {
     Visitor(V),
 }
 
+/// A record that passed its checksum but that the service replaying the log cannot accept: a
+/// bug, a log written by another service, or one written by a build with larger capacities.
+/// Every service's `open` fails with it (inside [`OpenError::Visitor`]) and writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
+pub enum ReplayError {
+    /// The payload does not decode as a record of its kind (or is not canonical).
+    BadPayload {
+        /// Sequence number of the frame.
+        sequence: u64,
+    },
+    /// A kind the service does not write.
+    UnknownKind {
+        /// Sequence number of the frame.
+        sequence: u64,
+        /// The kind found.
+        kind: u8,
+    },
+    /// The records need more room than the service's capacities (const generics), or
+    /// overflow a count.
+    Capacity {
+        /// Sequence number of the frame.
+        sequence: u64,
+    },
+    /// A record whose predecessor from the same origin is missing (replicated log).
+    Gap {
+        /// Sequence number of the frame.
+        sequence: u64,
+    },
+}
+
+impl core::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::BadPayload { sequence } => {
+                write!(f, "record {sequence} does not decode as a record of its kind")
+            }
+            Self::UnknownKind { sequence, kind } => {
+                write!(f, "record {sequence} has kind {kind}, which this service does not write")
+            }
+            Self::Capacity { sequence } => write!(
+                f,
+                "record {sequence} needs more room than this build's capacities, or overflows a count"
+            ),
+            Self::Gap { sequence } => {
+                write!(f, "record {sequence} follows a missing record of its origin")
+            }
+        }
+    }
+}
+
+impl core::error::Error for ReplayError {}
+
 /// Why [`Log::append`] failed. No frame was appended; the sequence number was not consumed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

@@ -36,7 +36,7 @@ use heapless::{Deque, Vec};
 use super::record::decode_exact;
 use super::MessageId;
 use crate::frame::EmitError;
-use crate::log::{self, AppendError, Log, OpenError, Recovery, SyncError};
+use crate::log::{self, AppendError, Log, OpenError, Recovery, ReplayError, SyncError};
 use crate::storage::Storage;
 
 /// Kind of a frame holding one processed message: its id and the consumer's effect.
@@ -121,40 +121,6 @@ impl<E: core::fmt::Display> core::fmt::Display for ConsumerError<E> {
 
 impl<E: core::fmt::Debug + core::fmt::Display> core::error::Error for ConsumerError<E> {}
 
-/// A consumer record that passed its checksum but is not valid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum ConsumerReplayError {
-    /// The payload does not decode (or holds more than `SEEN` ids); the open failed.
-    BadPayload {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
-    /// A kind the consumer does not write; the open failed.
-    UnknownKind {
-        /// Sequence number of the frame.
-        sequence: u64,
-        /// The kind found.
-        kind: u8,
-    },
-}
-
-impl core::fmt::Display for ConsumerReplayError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::BadPayload { sequence } => {
-                write!(f, "record {sequence} is not a valid consumer record")
-            }
-            Self::UnknownKind { sequence, kind } => {
-                write!(f, "record {sequence} has kind {kind}, not a consumer's")
-            }
-        }
-    }
-}
-
-impl core::error::Error for ConsumerReplayError {}
-
 /// Remembers a processed id, forgetting the oldest when full.
 fn remember<const SEEN: usize>(seen: &mut Deque<u64, SEEN>, id: u64) {
     if seen.is_full() {
@@ -169,9 +135,9 @@ fn replay_entry<const SEEN: usize>(
     seen: &mut Deque<u64, SEEN>,
     entry: log::Entry<'_>,
     visit: &mut impl FnMut(Replay<'_>),
-) -> Result<(), ConsumerReplayError> {
+) -> Result<(), ReplayError> {
     let sequence = entry.sequence;
-    let bad = ConsumerReplayError::BadPayload { sequence };
+    let bad = ReplayError::BadPayload { sequence };
     match entry.kind {
         KIND_EFFECT => {
             let (id, effect): (u64, &[u8]) = decode_exact(entry.payload).ok_or(bad)?;
@@ -193,7 +159,7 @@ fn replay_entry<const SEEN: usize>(
             }
             visit(Replay::State(state));
         }
-        kind => return Err(ConsumerReplayError::UnknownKind { sequence, kind }),
+        kind => return Err(ReplayError::UnknownKind { sequence, kind }),
     }
     Ok(())
 }
@@ -220,7 +186,7 @@ impl<S: Storage, B: AsMut<[u8]>, const SEEN: usize> IdempotentConsumer<S, B, SEE
         buffer: B,
         config: ConsumerConfig,
         mut visit: impl FnMut(Replay<'_>),
-    ) -> Result<(Self, Recovery), OpenError<S::Error, ConsumerReplayError>> {
+    ) -> Result<(Self, Recovery), OpenError<S::Error, ReplayError>> {
         let effect_len = 10 + 5 + config.effect_max as usize;
         let state_len = 5 + SEEN.saturating_mul(10) + 5 + config.state_max as usize;
         let needed = u32::try_from(effect_len.max(state_len)).unwrap_or(u32::MAX);

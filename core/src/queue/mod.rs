@@ -64,12 +64,11 @@ mod service;
 mod tests;
 
 pub use consumer::{
-    ConsumerConfig, ConsumerError, ConsumerReplayError, IdempotentConsumer, Processed, Replay,
-    KIND_EFFECT, KIND_STATE,
+    ConsumerConfig, ConsumerError, IdempotentConsumer, Processed, Replay, KIND_EFFECT, KIND_STATE,
 };
 pub use message::{decode, encode, Malformed, Message, Refusal};
 pub use record::{
-    checkpoint_len_max, send_len_max, CheckpointRecord, ReplayError, SendRecord, KIND_CHECKPOINT,
+    checkpoint_len_max, send_len_max, CheckpointRecord, SendRecord, KIND_CHECKPOINT,
     KIND_DELIVERED, KIND_SEND,
 };
 pub use service::CommitError;
@@ -78,7 +77,7 @@ use core::time::Duration;
 
 use heapless::{Deque, String, Vec};
 
-use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery};
+use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError};
 use crate::storage::Storage;
 use crate::time::Instant;
 

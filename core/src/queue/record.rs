@@ -12,7 +12,7 @@ use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
 use super::{Live, MessageId, ProducerState, State, NAME_MAX};
-use crate::log::{self, Appended};
+use crate::log::{self, Appended, ReplayError};
 
 /// Kind of a frame holding one stored message ([`SendRecord`]).
 pub const KIND_SEND: u8 = log::KIND_USER_MIN;
@@ -57,50 +57,6 @@ pub const fn send_len_max(message_max: usize) -> usize {
 pub const fn checkpoint_len_max(producers: usize) -> usize {
     2 * 10 + 5 + producers * 30
 }
-
-/// A record that passed its checksum but is not one the queue writes, or does not fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum ReplayError {
-    /// The payload does not decode; the open failed, nothing was written.
-    BadPayload {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
-    /// A kind the queue does not write; the open failed, nothing was written.
-    UnknownKind {
-        /// Sequence number of the frame.
-        sequence: u64,
-        /// The kind found.
-        kind: u8,
-    },
-    /// More live messages or queues than the capacities (the log was written by a queue with
-    /// larger ones); the open failed, nothing was written.
-    Capacity {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
-}
-
-impl core::fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::BadPayload { sequence } => {
-                write!(f, "record {sequence} is not a valid queue record")
-            }
-            Self::UnknownKind { sequence, kind } => {
-                write!(f, "record {sequence} has kind {kind}, not a queue's")
-            }
-            Self::Capacity { sequence } => write!(
-                f,
-                "record {sequence} needs more live messages or queues than the capacity"
-            ),
-        }
-    }
-}
-
-impl core::error::Error for ReplayError {}
 
 /// Decodes a postcard value that must use every byte.
 pub(crate) fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T> {

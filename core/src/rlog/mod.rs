@@ -84,7 +84,7 @@ pub mod wire;
 
 use crate::crdt::{NodeId, VersionVector};
 use crate::frame::EmitError;
-use crate::log::{self, AppendError, Log, OpenError, Recovery, SyncError};
+use crate::log::{self, AppendError, Log, OpenError, Recovery, ReplayError, SyncError};
 use crate::net::SocketAddr;
 use crate::rng::Rng;
 use crate::service::{self, Peer, Service, Transmit};
@@ -166,36 +166,6 @@ pub struct Stats {
     pub digests_sent: u64,
     /// Segments of the storage log released because every peer held their entries.
     pub reclaimed: u64,
-}
-
-/// A frame that passed its CRC but is not a replicated log record: a bug or a foreign log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(feature = "defmt", derive(defmt::Format))]
-#[non_exhaustive]
-pub enum ReplayError {
-    /// A kind this log does not write.
-    UnknownKind {
-        /// Sequence number of the frame.
-        sequence: u64,
-        /// The kind found.
-        kind: u8,
-    },
-    /// The payload is not a well-formed record.
-    Malformed {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
-    /// An entry whose predecessor from the same origin is missing (and not released: the
-    /// first entry of an origin before the first floor frame may start past 1).
-    Gap {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
-    /// More origins than the version vector's capacity `N`.
-    Capacity {
-        /// Sequence number of the frame.
-        sequence: u64,
-    },
 }
 
 /// Why [`Rlog::open`] failed. Opening writes nothing that changes what the log holds.
@@ -311,7 +281,7 @@ fn replay_floor<const N: usize, const SEG: usize>(
 ) -> Result<(), ReplayError> {
     let sequence = entry.sequence;
     if wire::check_pairs(entry.payload, NodeId(0), NodeId(u32::MAX)).is_none() {
-        return Err(ReplayError::Malformed { sequence });
+        return Err(ReplayError::BadPayload { sequence });
     }
     for (node, count) in wire::pairs(entry.payload) {
         let known = state.have.get(node);
@@ -340,8 +310,8 @@ fn replay<const N: usize, const SEG: usize>(
         let kind = entry.kind;
         return Err(ReplayError::UnknownKind { sequence, kind });
     }
-    let checked =
-        wire::check_record(entry.payload, usize::MAX).ok_or(ReplayError::Malformed { sequence })?;
+    let checked = wire::check_record(entry.payload, usize::MAX)
+        .ok_or(ReplayError::BadPayload { sequence })?;
     let dot = checked.dot();
     let known = state.have.get(dot.origin);
     if dot.counter <= known {
@@ -685,28 +655,6 @@ impl<S: Storage, B: AsMut<[u8]>, const N: usize, const P: usize, const SEG: usiz
             self.reclaim();
         }
         Ok(())
-    }
-}
-
-impl core::fmt::Display for ReplayError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::UnknownKind { sequence, kind } => {
-                write!(
-                    f,
-                    "record {sequence} has kind {kind}, not a replicated log entry"
-                )
-            }
-            Self::Malformed { sequence } => {
-                write!(f, "record {sequence} is not a well-formed entry")
-            }
-            Self::Gap { sequence } => {
-                write!(f, "record {sequence} follows a missing entry of its origin")
-            }
-            Self::Capacity { sequence } => {
-                write!(f, "record {sequence} has more origins than the capacity")
-            }
-        }
     }
 }
 
