@@ -1,19 +1,20 @@
 //! Arbitrary payloads decoded as job scheduler messages and handed to a scheduler.
 //!
-//! The input is cut into messages (each a length byte, then up to 127 bytes); the length byte's
-//! high bit replaces the message's first byte by a valid variant index, so that the fuzzer
-//! reaches every variant's fields. Each message is decoded, then delivered to one scheduler from
+//! The input is cut into messages (`common::messages`: a length byte, up to 127 bytes, the
+//! first byte steered to a valid variant index). Each message is decoded, then delivered to one scheduler from
 //! one of two clients, which then runs its timers, commits and sends. Properties: nothing panics;
 //! a decoded message re-encodes and decodes to itself; a payload that does not decode is counted
 //! as malformed; every answer decodes and goes to a client; a job's fencing token never goes
 //! down; after a crash and reopen the same jobs are known and tokens keep growing.
 #![no_main]
 
+mod common;
+
 use core::net::SocketAddr;
 use std::collections::BTreeMap;
 
 use bedrock::crdt::NodeId;
-use bedrock::jobs::{decode, encode, Config, Message, Scheduler};
+use bedrock::jobs::{decode, encode, Config, Scheduler};
 use bedrock::rng::SplitMix64;
 use bedrock::service::{Peer, Service};
 use bedrock::storage::RamStorage;
@@ -59,23 +60,10 @@ fuzz_target!(|input: &[u8]| {
         incarnation: 1,
     });
     let mut rng = SplitMix64::new(7);
-    let mut rest = input;
     let mut buffer = [0u8; 1400];
-    let mut payload = [0u8; 128];
     let mut now = start;
-    for step in 0u64..64 {
-        let Some((&head, tail)) = rest.split_first() else {
-            break;
-        };
-        let steer = head & 0x80 != 0;
-        let len = usize::from(head & 0x7F).min(tail.len());
-        let (bytes, tail) = tail.split_at(len);
-        rest = tail;
-        let payload = &mut payload[..len];
-        payload.copy_from_slice(bytes);
-        if let (true, Some(first)) = (steer, payload.first_mut()) {
-            *first %= 13;
-        }
+    for (step, payload) in (0u64..).zip(common::messages(input, 13, 64)) {
+        let payload = payload.as_slice();
         let before = tokens(&scheduler);
         let malformed_before = scheduler.stats().malformed;
         let decodes = check_decode(payload);

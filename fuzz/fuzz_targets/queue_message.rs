@@ -1,13 +1,14 @@
 //! Arbitrary payloads decoded as message queue messages and handed to a queue node.
 //!
-//! The input is cut into messages (each a length byte, then up to 127 bytes); the length byte's
-//! high bit replaces the message's first byte by a valid variant index, so that the fuzzer
-//! reaches every variant's fields. Each message is decoded, then delivered to one queue from one
+//! The input is cut into messages (`common::messages`: a length byte, up to 127 bytes, the
+//! first byte steered to a valid variant index). Each message is decoded, then delivered to one queue from one
 //! of two clients, which then runs its timers, commits and sends. Properties: nothing panics; a
 //! decoded message re-encodes and decodes to itself; a payload that does not decode is counted
 //! as malformed; every reply decodes and answers a request; the live count never exceeds the
 //! capacity; after a crash and reopen, exactly the messages live before it (committed) are live.
 #![no_main]
+
+mod common;
 
 use core::net::SocketAddr;
 
@@ -50,23 +51,10 @@ fuzz_target!(|input: &[u8]| {
         incarnation: 1,
     });
     let mut rng = SplitMix64::new(7);
-    let mut rest = input;
     let mut buffer = [0u8; 508];
-    let mut payload = [0u8; 128];
     let mut now = Instant::from_millis(0);
-    for step in 0u64..64 {
-        let Some((&head, tail)) = rest.split_first() else {
-            break;
-        };
-        let steer = head & 0x80 != 0;
-        let len = usize::from(head & 0x7F).min(tail.len());
-        let (bytes, tail) = tail.split_at(len);
-        rest = tail;
-        let payload = &mut payload[..len];
-        payload.copy_from_slice(bytes);
-        if let (true, Some(first)) = (steer, payload.first_mut()) {
-            *first %= 12;
-        }
+    for (step, payload) in (0u64..).zip(common::messages(input, 12, 64)) {
+        let payload = payload.as_slice();
         let malformed_before = queue.stats().malformed;
         let decodes = check_decode(payload);
         now = now.saturating_add(core::time::Duration::from_millis(step * 37 % 1500));

@@ -1,13 +1,14 @@
 //! Arbitrary payloads decoded as replicated log messages and handed to a replica.
 //!
-//! The input is cut into messages (each a length byte, then up to 127 bytes); the length byte's
-//! high bit replaces the message's first byte by a valid variant index, so that the fuzzer
-//! reaches every variant's fields. Each message is decoded (`Message::decode`, and `read_entries` on a read
+//! The input is cut into messages (`common::messages`: a length byte, up to 127 bytes, the
+//! first byte steered to a valid variant index). Each message is decoded (`Message::decode`, and `read_entries` on a read
 //! reply), then delivered to one replica from one peer, which then runs its timers, commits and
 //! sends. Properties: nothing panics; a decoded message re-encodes and decodes to itself; every
 //! datagram the replica sends decodes; a payload that does not decode is counted as malformed;
 //! `have` never goes down; a read of everything held succeeds.
 #![no_main]
+
+mod common;
 
 use core::net::SocketAddr;
 
@@ -59,23 +60,9 @@ fuzz_target!(|input: &[u8]| {
         incarnation: 1,
     };
     let mut rng = SplitMix64::new(7);
-    let mut rest = input;
     let mut buffer = [0u8; 508];
-    let mut payload = [0u8; 256];
-    for step in 0u64..64 {
-        let Some((&head, tail)) = rest.split_first() else {
-            break;
-        };
-        // The length byte's high bit steers the first byte to a variant index.
-        let steer = head & 0x80 != 0;
-        let len = usize::from(head & 0x7F).min(tail.len());
-        let (bytes, tail) = tail.split_at(len);
-        rest = tail;
-        let payload = &mut payload[..len];
-        payload.copy_from_slice(bytes);
-        if let (true, Some(first)) = (steer, payload.first_mut()) {
-            *first %= 7;
-        }
+    for (step, payload) in (0u64..).zip(common::messages(input, 7, 64)) {
+        let payload = payload.as_slice();
         let have_before = replica.have().clone();
         let malformed_before = replica.stats().malformed;
         let decodes = check_decode(payload);
