@@ -14,7 +14,7 @@
 use bedrock::counter::{Counter, CounterConfig};
 use bedrock::log;
 use bedrock::storage::Geometry;
-use bedrock_sim::{CrashMode, OpKind, SimRng, SimStorage, TornSpec};
+use bedrock_sim::{sum_in_parallel, CrashMode, SimRng, SimStorage, TornSpec};
 
 /// (write size, erase size) pairs; the last is `bedrock-std`'s default file geometry.
 const GEOMETRIES: [(u32, u32); 6] = [
@@ -116,19 +116,6 @@ fn check_recovery(storage: &mut SimStorage, progress: Progress, context: &str) -
     value
 }
 
-/// Cut points of one operation: every byte of a write, a sample of an erase's bytes.
-fn cut_points(kind: OpKind, len: u64, write_size: u64) -> Vec<u64> {
-    match kind {
-        OpKind::Write => (0..=len).collect(),
-        OpKind::Sync => vec![0],
-        _ => {
-            let mut points = vec![0, write_size, len / 2, len - write_size, len];
-            points.dedup();
-            points
-        }
-    }
-}
-
 /// Runs one geometry's enumeration; returns the number of crash points checked.
 fn enumerate(write_size: u32, erase_size: u32) -> u64 {
     let geometry = geometry(write_size, erase_size);
@@ -146,7 +133,7 @@ fn enumerate(write_size: u32, erase_size: u32) -> u64 {
     let mut rng = SimRng::new(u64::from(write_size) << 32 | u64::from(erase_size));
     let mut checked = 0;
     for op in &ops {
-        for prefix in cut_points(op.kind, op.len, write_size as u64) {
+        for prefix in op.crash_points(write_size as u64) {
             let context =
                 format!("geometry {write_size}/{erase_size}, op {op:?}, torn at {prefix}");
             let mut storage = SimStorage::new(geometry, 1).unwrap();
@@ -188,17 +175,12 @@ fn enumerate(write_size: u32, erase_size: u32) -> u64 {
 
 #[test]
 fn every_crash_point_recovers_between_acknowledged_and_attempted() {
-    let counts: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = GEOMETRIES
+    let total = sum_in_parallel(
+        GEOMETRIES
             .iter()
-            .map(|&(write, erase)| scope.spawn(move || enumerate(write, erase)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap())
-            .collect()
-    });
-    let total: u64 = counts.iter().sum();
+            .map(|&(write, erase)| move || enumerate(write, erase))
+            .collect(),
+    );
     println!("crash points checked in all: {total}");
     assert!(total >= 10_000, "only {total} crash points");
 }

@@ -29,7 +29,7 @@ use bedrock::log;
 use bedrock::service::Service;
 use bedrock::storage::Geometry;
 use bedrock::time::Instant;
-use bedrock_sim::{CrashMode, OpKind, SimRng, SimStorage, TornSpec};
+use bedrock_sim::{sum_in_parallel, CrashMode, OpKind, SimRng, SimStorage, TornSpec};
 
 const JOBS: usize = 12;
 /// At least the workload's job count: every finished job stays remembered.
@@ -619,19 +619,6 @@ fn check_second_cut(
     assert_eq!(without_extra(&last), *base, "{context}");
 }
 
-/// Cut points of one operation: every byte of a write, a sample of an erase's bytes.
-fn cut_points(kind: OpKind, len: u64, write_size: u64) -> Vec<u64> {
-    match kind {
-        OpKind::Write => (0..=len).collect(),
-        OpKind::Sync => vec![0],
-        OpKind::Erase => {
-            let mut points = vec![0, write_size, len / 2, len - write_size, len];
-            points.dedup();
-            points
-        }
-    }
-}
-
 fn enumerate(write_size: u32, erase_size: u32) -> u64 {
     let geometry = geometry(write_size, erase_size);
     let mut dry = SimStorage::new(geometry, 1).unwrap();
@@ -655,7 +642,7 @@ fn enumerate(write_size: u32, erase_size: u32) -> u64 {
     let mut rng = SimRng::new(u64::from(write_size) << 32 | u64::from(erase_size));
     let mut checked = 0u64;
     for op in &ops {
-        for prefix in cut_points(op.kind, op.len, u64::from(write_size)) {
+        for prefix in op.crash_points(u64::from(write_size)) {
             let context =
                 format!("geometry {write_size}/{erase_size}, op {op:?}, torn at {prefix}");
             let mut storage = SimStorage::new(geometry, 1).unwrap();
@@ -678,17 +665,12 @@ fn enumerate(write_size: u32, erase_size: u32) -> u64 {
 
 #[test]
 fn every_crash_point_of_the_scheduler_recovers_what_was_acknowledged() {
-    let counts: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = GEOMETRIES
+    let total = sum_in_parallel(
+        GEOMETRIES
             .iter()
-            .map(|&(write, erase)| scope.spawn(move || enumerate(write, erase)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap())
-            .collect()
-    });
-    let total: u64 = counts.iter().sum();
+            .map(|&(write, erase)| move || enumerate(write, erase))
+            .collect(),
+    );
     println!("job crash points checked in all: {total}");
     assert!(total >= 1_000, "only {total} crash points");
 }

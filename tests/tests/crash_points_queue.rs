@@ -26,7 +26,7 @@ use bedrock::queue::{
 use bedrock::service::Service;
 use bedrock::storage::Geometry;
 use bedrock::time::Instant;
-use bedrock_sim::{CrashMode, OpKind, SimRng, SimStorage, TornSpec};
+use bedrock_sim::{sum_in_parallel, CrashMode, SimRng, SimStorage, TornSpec};
 
 /// (write size, erase size) pairs: byte-, word- and page-programmed flash.
 const GEOMETRIES: [(u32, u32); 4] = [(1, 256), (4, 256), (8, 512), (32, 512)];
@@ -303,19 +303,6 @@ fn check_state(model: &Model, live: &[LiveMessage], context: &str) {
     }
 }
 
-/// Cut points of one operation: every byte of a write, a sample of an erase's bytes.
-fn cut_points(kind: OpKind, len: u64, write_size: u64) -> Vec<u64> {
-    match kind {
-        OpKind::Write => (0..=len).collect(),
-        OpKind::Sync => vec![0],
-        _ => {
-            let mut points = vec![0, write_size, len / 2, len - write_size, len];
-            points.dedup();
-            points
-        }
-    }
-}
-
 /// Runs one geometry's queue enumeration; returns the number of crash points checked.
 fn enumerate_queue(write_size: u32, erase_size: u32) -> u64 {
     let geometry = geometry(write_size, erase_size);
@@ -341,7 +328,7 @@ fn enumerate_queue(write_size: u32, erase_size: u32) -> u64 {
     let mut checked = 0;
     let mut second_cuts = 0;
     for op in &ops {
-        for prefix in cut_points(op.kind, op.len, u64::from(write_size)) {
+        for prefix in op.crash_points(u64::from(write_size)) {
             let context =
                 format!("queue, geometry {write_size}/{erase_size}, op {op:?}, torn at {prefix}");
             let mut storage = SimStorage::new(geometry, 1).unwrap();
@@ -496,7 +483,7 @@ fn enumerate_consumer(write_size: u32, erase_size: u32) -> u64 {
     let ops = dry.recorded_ops().to_vec();
     let mut checked = 0;
     for op in &ops {
-        for prefix in cut_points(op.kind, op.len, u64::from(write_size)) {
+        for prefix in op.crash_points(u64::from(write_size)) {
             let context = format!(
                 "consumer, geometry {write_size}/{erase_size}, op {op:?}, torn at {prefix}"
             );
@@ -550,22 +537,16 @@ fn enumerate_consumer(write_size: u32, erase_size: u32) -> u64 {
 
 #[test]
 fn every_crash_point_of_the_queue_and_the_consumer_recovers() {
-    let counts: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = GEOMETRIES
-            .iter()
-            .flat_map(|&(write, erase)| {
-                [
-                    scope.spawn(move || enumerate_queue(write, erase)),
-                    scope.spawn(move || enumerate_consumer(write, erase)),
-                ]
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|handle| handle.join().unwrap())
-            .collect()
-    });
-    let total: u64 = counts.iter().sum();
+    let jobs: Vec<Box<dyn FnOnce() -> u64 + Send>> = GEOMETRIES
+        .iter()
+        .flat_map(|&(write, erase)| {
+            [
+                Box::new(move || enumerate_queue(write, erase)) as Box<dyn FnOnce() -> u64 + Send>,
+                Box::new(move || enumerate_consumer(write, erase)),
+            ]
+        })
+        .collect();
+    let total = sum_in_parallel(jobs);
     println!("crash points checked in all: {total}");
     assert!(total >= 1_000, "only {total} crash points");
 }

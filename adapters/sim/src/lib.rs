@@ -25,3 +25,19 @@ pub use rng::SimRng;
 pub use storage::{
     CrashMode, OpKind, OpRecord, SimCounters, SimError, SimFaults, SimStorage, TornSpec,
 };
+
+/// Runs `jobs` (one enumeration or batch of seeds each) on threads of their own and returns
+/// the sum of what they return: how crash-point enumerations and seed sweeps use both cores
+/// and stay deterministic (each job owns its seeds). A job's panic is re-raised here.
+pub fn sum_in_parallel<F: FnOnce() -> u64 + Send>(jobs: Vec<F>) -> u64 {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = jobs.into_iter().map(|job| scope.spawn(job)).collect();
+        handles
+            .into_iter()
+            .map(|handle| match handle.join() {
+                Ok(count) => count,
+                Err(panic) => std::panic::resume_unwind(panic),
+            })
+            .sum()
+    })
+}

@@ -148,6 +148,29 @@ impl OpRecord {
     pub fn cut_points(&self) -> RangeInclusive<u64> {
         0..=self.len
     }
+
+    /// The [`TornSpec::Prefix`] lengths a crash-point enumeration tries: every byte of a
+    /// write, the one point of a sync, and a sample of an erase's bytes (none, one word, half,
+    /// all but one word, all) on a storage whose write size is `write_size`.
+    pub fn crash_points(&self, write_size: u64) -> Vec<u64> {
+        match self.kind {
+            OpKind::Write => self.cut_points().collect(),
+            OpKind::Sync => vec![0],
+            _ => {
+                let len = self.len;
+                let mut points = vec![
+                    0,
+                    write_size.min(len),
+                    len / 2,
+                    len.saturating_sub(write_size),
+                    len,
+                ];
+                points.sort_unstable();
+                points.dedup();
+                points
+            }
+        }
+    }
 }
 
 /// Operations completed successfully since the storage was created.
