@@ -21,7 +21,11 @@
 #[cfg(feature = "std")]
 extern crate std;
 
-#[cfg(target_arch = "x86_64")]
+// Compiled where it can be called: chosen at compile time, detected at run time, or tested.
+#[cfg(all(
+    target_arch = "x86_64",
+    any(target_feature = "sse4.2", feature = "std", test)
+))]
 mod hardware {
     use core::arch::x86_64::{_mm_crc32_u64, _mm_crc32_u8};
 
