@@ -229,7 +229,7 @@ const JOBS_CHECKPOINT_EVERY: u32 = 256;
 /// The longest backoff after a failed attempt.
 const JOBS_BACKOFF_CAP: Duration = Duration::from_secs(300);
 
-const _: () = assert!(JOBS_SEGMENT % ERASE_SIZE == 0);
+const _: () = assert!(JOBS_SEGMENT.is_multiple_of(ERASE_SIZE));
 const _: () = assert!(JOBS_CAPACITY / JOBS_SEGMENT as u64 == 64);
 // A checkpoint frame and the control frames fit one segment, and the lent buffer.
 const _: () =
@@ -530,4 +530,44 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
     queue_closed.map_err(|error| fail(format!("closing the queue store failed: {error}")))?;
     jobs_closed.map_err(|error| fail(format!("closing the jobs store failed: {error}")))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bedrock::net::MTU_DEFAULT;
+
+    #[test]
+    fn the_largest_send_and_delivery_fit_one_datagram_at_the_default_mtu() {
+        let payload = [0xa5u8; MESSAGE_MAX as usize];
+        let name = "q".repeat(queue::NAME_MAX);
+        let mut buffer = vec![0u8; MTU_DEFAULT];
+        let room = MTU_DEFAULT - OVERHEAD;
+        let send = queue::Message::Send {
+            request: u64::MAX,
+            queue: &name,
+            producer: u64::MAX,
+            sequence: u64::MAX,
+            payload: &payload,
+        };
+        let len = queue::encode(&send, &mut buffer).unwrap();
+        assert_eq!(len, payload.len() + SEND_OVERHEAD);
+        assert!(len <= room);
+        let delivery = queue::Message::Delivery {
+            request: u64::MAX,
+            id: u64::MAX,
+            token: u64::MAX,
+            attempt: u32::MAX,
+            payload: &payload,
+        };
+        let len = queue::encode(&delivery, &mut buffer).unwrap();
+        assert_eq!(len, payload.len() + DELIVERY_OVERHEAD);
+        assert!(len <= room);
+        assert_eq!(message_max(MTU_DEFAULT), MESSAGE_MAX);
+        assert_eq!(
+            message_max(508),
+            (508 - OVERHEAD - DELIVERY_OVERHEAD) as u32
+        );
+        assert_eq!(message_max(0), 0);
+    }
 }

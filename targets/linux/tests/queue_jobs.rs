@@ -813,7 +813,7 @@ fn consumer_thread(
             // "Processing" is the delivery recorded above, and a moment of work; then the ack
             // by its receipt.
             received += 1;
-            if received % STALL_EVERY == 0 {
+            if received.is_multiple_of(STALL_EVERY) {
                 stalled.push((Instant::now(), id, token));
                 continue;
             }
@@ -939,7 +939,7 @@ fn worker_thread(
             };
             ledger.lock().unwrap().claims.push((job, token));
             claimed += 1;
-            if claimed % STALL_EVERY == 0 {
+            if claimed.is_multiple_of(STALL_EVERY) {
                 stalled.push((Instant::now(), job, token));
                 continue;
             }
