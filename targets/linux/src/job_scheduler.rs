@@ -57,7 +57,7 @@ use crate::output::{self, stdout_error};
 
 /// Most attempts at delivering a completion or failure whose answer did not come.
 const FINISH_ATTEMPTS: u32 = 5;
-/// How often the worker looks at its command and at the stop flag.
+/// How often the worker looks at its command and at the stop flag; also the shortest poll.
 const TICK: Duration = Duration::from_millis(20);
 
 /// What `jobs submit` stores.
@@ -483,13 +483,13 @@ pub fn work(
             Ok(Some(claimed)) => claimed,
             Ok(None) if once => return Ok(ExitCode::SUCCESS),
             Ok(None) => {
-                sleep_unless(&stop, poll);
+                sleep_unless(&stop, poll.max(TICK));
                 continue;
             }
             // A long-running worker rides out a node restart.
             Err(error) if exec.is_some() && !once => {
                 eprintln!("warning: {error}");
-                sleep_unless(&stop, poll);
+                sleep_unless(&stop, poll.max(TICK));
                 continue;
             }
             Err(error) => return Err(error),

@@ -117,7 +117,11 @@ enum Command {
     ///   $ bedrock queue recv --node 127.0.0.1:7001 --key-file cluster.key emails --lease 60s
     ///   1:4294967297 hi bob
     ///   $ bedrock queue ack --node 127.0.0.1:7001 --key-file cluster.key emails 1:4294967297
-    #[command(subcommand, verbatim_doc_comment)]
+    #[command(
+        subcommand,
+        verbatim_doc_comment,
+        about = "The message queue of a running node: send, receive under a lease, acknowledge"
+    )]
     Queue(QueueCommand),
     /// The job scheduler of a running node: submit jobs, run them with workers.
     ///
@@ -135,7 +139,11 @@ enum Command {
     ///   $ bedrock jobs work --node 127.0.0.1:7001 --key-file cluster.key --once \
     ///       --exec 'read -r what; echo "doing $what"'
     ///   doing resize 42.png
-    #[command(subcommand, verbatim_doc_comment)]
+    #[command(
+        subcommand,
+        verbatim_doc_comment,
+        about = "The job scheduler of a running node: submit jobs, run them with workers"
+    )]
     Jobs(JobsCommand),
     /// Writes a new random cluster key to a new file (mode 0600).
     ///
@@ -256,9 +264,9 @@ enum QueueCommand {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = message_queue::parse_lease)]
         lease: Duration,
     },
-    /// Acknowledges the delivery RECEIPT (from `recv`): the message is removed for good once
-    /// this returns (exit status 0, nothing printed).
+    /// Acknowledges the delivery RECEIPT (from `recv`): the message is removed for good.
     ///
+    /// Prints nothing; once it returns with exit status 0 the acknowledgement is durable.
     /// Refused with exit status 1: a stale receipt (the lease ended, or the message was
     /// delivered again since: it is, or will be, processed under the newer receipt) and a
     /// message no longer in the queue (acknowledged already, or never sent). QUEUE is the
@@ -304,9 +312,9 @@ enum QueueCommand {
 
 #[derive(Debug, Subcommand)]
 enum JobsCommand {
-    /// Submits a job and prints its id once it is durable (`ID duplicate` when --key matched
-    /// a job submitted before: nothing new was stored).
+    /// Submits a job and prints its id once it is durable.
     ///
+    /// Prints `ID duplicate` when --key matched a job submitted before: nothing new was stored.
     /// With --key K a retried submit (after a timeout, a crash) gets the first job's id as long
     /// as that job is unfinished or among the node's last 1024 finished jobs.
     Submit {
@@ -385,8 +393,10 @@ enum JobsCommand {
         #[arg(value_name = "TOKEN", value_parser = parse_amount)]
         token: u64,
     },
-    /// Extends the lease of job ID claimed under TOKEN to a full lease from now; prints the
-    /// lease left in milliseconds.
+    /// Extends the lease of job ID claimed under TOKEN; prints the lease left in milliseconds.
+    ///
+    /// The lease becomes a full one (the node's --job-lease) from now. Refused (exit status 1)
+    /// with a stale token, like `complete`.
     Heartbeat {
         #[command(flatten)]
         remote: RemoteArgs,
@@ -405,7 +415,9 @@ enum JobsCommand {
         #[arg(long, value_name = "ID", default_value_t = 0, value_parser = parse_amount)]
         after: u64,
     },
-    /// Re-queues dead job ID: it runs again at once, with all its attempts; nothing printed.
+    /// Re-queues dead job ID: it runs again at once, with all its attempts.
+    ///
+    /// Prints nothing. Refused (exit status 1) for a job that is not dead.
     Retry {
         #[command(flatten)]
         remote: RemoteArgs,

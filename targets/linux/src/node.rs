@@ -513,7 +513,7 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
     // Opened last, right before the loop's clock starts (see `open_jobs`).
     let scheduler = open_jobs(&options, jobs_storage)?;
     let mut event_loop = EventLoop::new(Driver::new(wire), socket, seed);
-    // On the heap: the services' fixed tables are large for a stack.
+    // Kept on the heap while the loop runs: the services' fixed tables take about 0.7 MB.
     let mut services: Box<NodeServices> = Box::new((counter, replica, queue, scheduler));
     start_line(&options, incarnation, &services);
     let result = event_loop.run(&mut *services, &stop);
