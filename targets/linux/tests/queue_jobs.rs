@@ -372,11 +372,35 @@ fn queue_commands_send_receive_acknowledge_and_refuse_stale_receipts() {
         assert!(!line.contains("Usage"), "{args:?}: {line}");
     }
 
+    // A leased message survives a clean stop and a restart, pending again; the receipt from
+    // before the restart is stale (tokens carry the node's incarnation).
+    let (before, message) = split_delivery(&node.ok("queue", "recv", &["left", "--lease", "10m"]));
+    assert_eq!(message, "over");
     let stop = node.stop();
     assert!(
         stop.contains("; queue 1 live messages, 4 sent, 3 acked, "),
         "{stop}"
     );
+    node.restart();
+    let (after, message) = split_delivery(&node.ok("queue", "recv", &["left"]));
+    assert_eq!(message, "over");
+    assert!(before.starts_with("4:") && after.starts_with("4:") && before != after);
+    let line = assert_one_error_line(&node.run("queue", "ack", &["left", &before]), 1);
+    assert!(line.contains("the receipt is stale"), "{line}");
+    node.ok("queue", "ack", &["left", &after]);
+    let stop = node.stop();
+    assert!(
+        stop.contains("; queue 0 live messages, 0 sent, 1 acked, "),
+        "{stop}"
+    );
+    let starts = node
+        .stderr
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains(" listening on "))
+        .count();
+    assert_eq!(starts, 2);
 }
 
 #[test]
