@@ -3,10 +3,11 @@
 //! - `bedrock counter incr|get` — the durable counter (core's `Counter`) in a data directory;
 //! - `bedrock inspect` — lists every record of a data directory's log and what recovery found;
 //! - `bedrock bench` — throughput figures next to the raw limits measured in the same run;
-//! - `bedrock node` — a cluster node: the distributed counter and the replicated log over UDP;
+//! - `bedrock node` — a cluster node: the distributed counter, the replicated log, the message
+//!   queue and the job scheduler over UDP;
 //! - `bedrock keygen` — a cluster key file;
-//! - `bedrock counter incr|get --node ADDR`, `bedrock log append|read --node ADDR` — clients of
-//!   a node.
+//! - `bedrock counter incr|get --node ADDR`, `bedrock log append|read --node ADDR`,
+//!   `bedrock queue …`, `bedrock jobs …` — clients of a node.
 //!
 //! User errors (bad arguments, a locked or missing directory, an overflowing counter) are one
 //! `error: …` sentence on stderr and a non-zero exit status, never a panic.
@@ -15,6 +16,8 @@ mod bench;
 mod cluster;
 mod error;
 mod inspect;
+mod job_scheduler;
+mod message_queue;
 mod node;
 mod output;
 mod replicated_log;
@@ -24,6 +27,7 @@ use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -77,16 +81,17 @@ enum Command {
     /// second, increments per sync and latency, in turns with (a). Writes about 0.8 GiB in
     /// total; the scratch directory is removed afterwards.
     Bench(BenchArgs),
-    /// Runs a cluster node: the distributed counter and the replicated log over authenticated
-    /// UDP.
+    /// Runs a cluster node: the distributed counter, the replicated log, the message queue and
+    /// the job scheduler over authenticated UDP.
     ///
     /// The node gossips counter entries with its peers every 200 ms and exchanges log entries
     /// every 100 ms, answers clients (`bedrock counter incr --node ADDR`, `bedrock log append
-    /// --node ADDR`), and makes every increment and entry durable (fdatasync, one per service
-    /// shared by all requests that arrived together) before it answers. Logs one line on stderr
-    /// at start and one at stop. Stops cleanly on SIGINT or SIGTERM. The data directory holds
-    /// `counter/` and `log/` (the stores, 8 MiB each) and `incarnation` (bumped at every start).
-    /// Every node of a cluster must use the same --mtu and key file.
+    /// --node ADDR`, `bedrock queue …`, `bedrock jobs …`), and makes every write durable
+    /// (fdatasync, one per service shared by all requests that arrived together) before it
+    /// answers. The queue and the jobs are this node's own (not replicated). Logs one line on
+    /// stderr at start and one at stop. Stops cleanly on SIGINT or SIGTERM. The data directory
+    /// holds `counter/`, `log/`, `queue/` (8 MiB each), `jobs/` (16 MiB) and `incarnation`
+    /// (bumped at every start). Every node of a cluster must use the same --mtu and key file.
     Node(NodeArgs),
     /// The replicated log of a running node: append entries, read them in the cluster's order.
     ///
@@ -95,6 +100,51 @@ enum Command {
     /// different nodes, without seeing each other) are kept side by side as siblings.
     #[command(subcommand)]
     Log(LogCommand),
+    /// The message queue of a running node: send, receive under a lease, acknowledge.
+    ///
+    /// Named queues (1 to 32 bytes) live on the node given with --node; a message is at most
+    /// 1280 bytes at the default MTU. A message is stored durably before `send` prints its id.
+    /// `recv` leases the oldest pending message of a queue and prints `RECEIPT MESSAGE`; the
+    /// receipt `ID:TOKEN` names that one delivery. `ack QUEUE RECEIPT` removes the message for
+    /// good; a message not acknowledged before its lease ends is delivered again, under a new
+    /// receipt, and the old receipt is refused (stale). Delivery is at least once: a consumer
+    /// that crashes after its work and before its ack sees the message again.
+    ///
+    /// Example:
+    ///
+    ///   $ bedrock queue send --node 127.0.0.1:7001 --key-file cluster.key emails 'hi bob'
+    ///   1
+    ///   $ bedrock queue recv --node 127.0.0.1:7001 --key-file cluster.key emails --lease 60s
+    ///   1:4294967297 hi bob
+    ///   $ bedrock queue ack --node 127.0.0.1:7001 --key-file cluster.key emails 1:4294967297
+    #[command(
+        subcommand,
+        verbatim_doc_comment,
+        about = "The message queue of a running node: send, receive under a lease, acknowledge"
+    )]
+    Queue(QueueCommand),
+    /// The job scheduler of a running node: submit jobs, run them with workers.
+    ///
+    /// A job is a payload (at most 1024 bytes) with a priority, a delay and a number of
+    /// attempts. A worker claims the best runnable job under a lease (the node's --job-lease)
+    /// and a fencing token, heartbeats while it works, and completes or fails it with the
+    /// token. A failed attempt is retried after a jittered, doubling backoff; a job whose lease
+    /// runs out counts a failed attempt and is offered again; after its last attempt a job is
+    /// dead until `jobs retry`. Every transition is durable before it is answered.
+    ///
+    /// Example:
+    ///
+    ///   $ bedrock jobs submit --node 127.0.0.1:7001 --key-file cluster.key 'resize 42.png'
+    ///   1
+    ///   $ bedrock jobs work --node 127.0.0.1:7001 --key-file cluster.key --once \
+    ///       --exec 'read -r what; echo "doing $what"'
+    ///   doing resize 42.png
+    #[command(
+        subcommand,
+        verbatim_doc_comment,
+        about = "The job scheduler of a running node: submit jobs, run them with workers"
+    )]
+    Jobs(JobsCommand),
     /// Writes a new random cluster key to a new file (mode 0600).
     ///
     /// The file holds one line `bedrock-key-v1 ID HEX`. To rotate keys without downtime, list
@@ -149,6 +199,232 @@ struct NodeArgs {
     /// Largest datagram sent or accepted, from 508 to 65507.
     #[arg(long, default_value_t = 1400, value_parser = clap::value_parser!(u16).range(508..=65507))]
     mtu: u16,
+    /// The lease a job claim or heartbeat grants a worker (e.g. 30s, 500ms, 2m).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    job_lease: Duration,
+    /// The wait after a job's first failed attempt; it doubles with every further failure, up
+    /// to 5 minutes, drawn from the upper half of that (jitter).
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    job_backoff: Duration,
+}
+
+/// Where a queue or jobs command goes: a running node, and how to reach it.
+#[derive(Debug, Args)]
+struct RemoteArgs {
+    /// The address of a running node (`bedrock node`).
+    #[arg(long, value_name = "ADDR")]
+    node: SocketAddr,
+    #[command(flatten)]
+    access: AccessArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Stores MESSAGE in QUEUE and prints its id once it is durable on the node.
+    ///
+    /// Every send carries a producer id and a sequence number. By default the producer id is
+    /// random and the sequence 1, so every invocation stores a new message. A script that must
+    /// not store a message twice when it retries a send whose answer it did not get (a timeout,
+    /// a crash) picks a producer id once and counts sequences: a send repeating the producer's
+    /// highest sequence is answered with the first send's id and stores nothing; a lower
+    /// sequence is refused. The node remembers the 1024 most recently active producers.
+    ///
+    /// Refused (exit status 1, nothing stored): a message over 1280 bytes, a bad queue name, a
+    /// full queue node, an older sequence.
+    Send {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The queue's name, 1 to 32 bytes.
+        #[arg(value_name = "QUEUE", value_parser = message_queue::parse_name)]
+        queue: String,
+        /// The message's bytes (taken as given, UTF-8 or not; may start with '-').
+        #[arg(value_name = "MESSAGE", allow_hyphen_values = true)]
+        message: OsString,
+        /// The producer id, for idempotent retries (default: random); needs --sequence.
+        #[arg(long, value_name = "ID", requires = "sequence", value_parser = parse_amount)]
+        producer: Option<u64>,
+        /// The producer's sequence number, growing with each new message; needs --producer.
+        #[arg(long, value_name = "N", requires = "producer", value_parser = parse_amount)]
+        sequence: Option<u64>,
+    },
+    /// Leases the oldest pending message of QUEUE and prints `RECEIPT MESSAGE`.
+    ///
+    /// RECEIPT is `ID:TOKEN`: the message id and the token of this delivery. The message is
+    /// printed as sent (its bytes, then a newline; a message holding newlines spans several
+    /// lines). Until the lease ends, no other consumer receives the message; `ack` with the
+    /// receipt removes it, `extend` lengthens the lease. Prints nothing and exits 0 when the
+    /// queue has no pending message.
+    Recv {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The queue's name, 1 to 32 bytes.
+        #[arg(value_name = "QUEUE", value_parser = message_queue::parse_name)]
+        queue: String,
+        /// How long the message stays leased (e.g. 30s, 500ms, 5m; at most 10 minutes).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = message_queue::parse_lease)]
+        lease: Duration,
+    },
+    /// Acknowledges the delivery RECEIPT (from `recv`): the message is removed for good.
+    ///
+    /// Prints nothing; once it returns with exit status 0 the acknowledgement is durable.
+    /// Refused with exit status 1: a stale receipt (the lease ended, or the message was
+    /// delivered again since: it is, or will be, processed under the newer receipt) and a
+    /// message no longer in the queue (acknowledged already, or never sent). QUEUE is the
+    /// message's queue, for symmetry with `send` and `recv`; message ids are unique on the
+    /// node, so the node does not check it.
+    Ack {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The queue's name, 1 to 32 bytes.
+        #[arg(value_name = "QUEUE", value_parser = message_queue::parse_name)]
+        queue: String,
+        /// The receipt `ID:TOKEN` printed by `recv`.
+        #[arg(value_name = "RECEIPT", value_parser = message_queue::parse_receipt)]
+        receipt: message_queue::Receipt,
+    },
+    /// Extends the lease of the delivery RECEIPT to DURATION from now (nothing printed).
+    ///
+    /// Refused like `ack` when the receipt is stale. Leases live in the node's memory: after a
+    /// node restart every unacknowledged message is pending again and old receipts are stale.
+    Extend {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The queue's name, 1 to 32 bytes.
+        #[arg(value_name = "QUEUE", value_parser = message_queue::parse_name)]
+        queue: String,
+        /// The receipt `ID:TOKEN` printed by `recv`.
+        #[arg(value_name = "RECEIPT", value_parser = message_queue::parse_receipt)]
+        receipt: message_queue::Receipt,
+        /// The new lease, from now (e.g. 30s; at most 10 minutes).
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = message_queue::parse_lease)]
+        lease: Duration,
+    },
+    /// Prints the node's queue counts on one line: `live N leased N sent N acked N expired N`.
+    ///
+    /// live: messages stored and not yet acknowledged, in all queues; leased: of those, the
+    /// ones under a lease now; sent, acked, expired: messages stored, acknowledgements and
+    /// lease expiries since the node started.
+    Stats {
+        #[command(flatten)]
+        remote: RemoteArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum JobsCommand {
+    /// Submits a job and prints its id once it is durable.
+    ///
+    /// Prints `ID duplicate` when --key matched a job submitted before: nothing new was stored.
+    /// With --key K a retried submit (after a timeout, a crash) gets the first job's id as long
+    /// as that job is unfinished or among the node's last 1024 finished jobs.
+    Submit {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The job's bytes, at most 1024 (taken as given; may start with '-').
+        #[arg(value_name = "PAYLOAD", allow_hyphen_values = true)]
+        payload: OsString,
+        /// Deduplication key: a whole number naming this job for retries.
+        #[arg(long, value_name = "K", value_parser = parse_amount)]
+        key: Option<u64>,
+        /// Priority, 0 to 255: higher runs first.
+        #[arg(long, value_name = "P", default_value_t = 0)]
+        priority: u8,
+        /// Not run before this much time has passed (e.g. 5s, 10m).
+        #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+        delay: Duration,
+        /// Attempts before the job goes dead, at least 1.
+        #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        max_attempts: u32,
+    },
+    /// Claims runnable jobs and works on them.
+    ///
+    /// Without --exec: waits for one runnable job (polling every --poll), claims it, prints
+    /// `ID TOKEN PAYLOAD` and exits; finish it with `bedrock jobs complete ID TOKEN` or `jobs
+    /// fail ID TOKEN` before the lease (the node's --job-lease) ends, and `jobs heartbeat ID
+    /// TOKEN` to extend it. With --once, prints nothing and exits 0 when no job is runnable.
+    ///
+    /// With --exec CMD: for every claimed job runs `sh -c CMD` with the payload on its stdin
+    /// and BEDROCK_JOB_ID, BEDROCK_JOB_TOKEN and BEDROCK_JOB_ATTEMPT (1 for the first attempt)
+    /// in its environment, its stdout and stderr those of the worker. While it runs the worker
+    /// heartbeats at a third of the lease. Exit status 0 completes the job; any other fails
+    /// the attempt (retried after a backoff, or dead after the last attempt). If the node
+    /// refuses a heartbeat (the lease was lost: the job may be running elsewhere), the command
+    /// is killed and the job left alone. The worker reports each job on stderr and keeps
+    /// claiming until SIGINT or SIGTERM (which kill the running command and fail its attempt);
+    /// with --once it works one job and exits: 0 when it completed (or none was runnable), 1
+    /// when it failed or the lease was lost.
+    Work {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The shell command to run per job.
+        #[arg(long, value_name = "CMD")]
+        exec: Option<String>,
+        /// Work at most one job, then exit.
+        #[arg(long)]
+        once: bool,
+        /// How long to wait between claims while no job is runnable (e.g. 1s, 200ms).
+        #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+        poll: Duration,
+    },
+    /// Completes job ID claimed under TOKEN (from `jobs work`); nothing printed.
+    ///
+    /// Refused (exit status 1) with a stale token: the lease ran out and the job was offered
+    /// again (or finished). Repeating a completion that succeeded succeeds again.
+    Complete {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The job id.
+        #[arg(value_name = "ID", value_parser = parse_amount)]
+        job: u64,
+        /// The claim's fencing token.
+        #[arg(value_name = "TOKEN", value_parser = parse_amount)]
+        token: u64,
+    },
+    /// Fails the attempt of job ID claimed under TOKEN; nothing printed.
+    ///
+    /// The job runs again after a backoff, or goes dead after its last attempt.
+    Fail {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The job id.
+        #[arg(value_name = "ID", value_parser = parse_amount)]
+        job: u64,
+        /// The claim's fencing token.
+        #[arg(value_name = "TOKEN", value_parser = parse_amount)]
+        token: u64,
+    },
+    /// Extends the lease of job ID claimed under TOKEN; prints the lease left in milliseconds.
+    ///
+    /// The lease becomes a full one (the node's --job-lease) from now. Refused (exit status 1)
+    /// with a stale token, like `complete`.
+    Heartbeat {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The job id.
+        #[arg(value_name = "ID", value_parser = parse_amount)]
+        job: u64,
+        /// The claim's fencing token.
+        #[arg(value_name = "TOKEN", value_parser = parse_amount)]
+        token: u64,
+    },
+    /// Lists the dead jobs (failed their last attempt), one id per line, increasing.
+    List {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// Only ids above this one.
+        #[arg(long, value_name = "ID", default_value_t = 0, value_parser = parse_amount)]
+        after: u64,
+    },
+    /// Re-queues dead job ID: it runs again at once, with all its attempts.
+    ///
+    /// Prints nothing. Refused (exit status 1) for a job that is not dead.
+    Retry {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The job id.
+        #[arg(value_name = "ID", value_parser = parse_amount)]
+        job: u64,
+    },
 }
 
 /// Where a counter command goes: a local data directory, or a running node.
@@ -277,6 +553,29 @@ fn parse_amount(text: &str) -> Result<u64, String> {
         .map_err(|_| "expected a whole number from 0 to 18446744073709551615".to_string())
 }
 
+/// A duration: a number and a unit, `ms`, `s`, `m` or `h` (`1.5s`, `500ms`, `2m`); a bare
+/// number is seconds. At most a day.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let usage = || "expected a duration such as 500ms, 30s, 2m or 1h (at most 24h)".to_string();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let scale = match unit {
+        "ms" => 0.001,
+        "" | "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => return Err(usage()),
+    };
+    let value = number.parse::<f64>().map_err(|_| usage())?;
+    let seconds = value * scale;
+    if !seconds.is_finite() || !(0.0..=86_400.0).contains(&seconds) {
+        return Err(usage());
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
 fn parse_seconds(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(seconds) if seconds.is_finite() && (0.05..=3600.0).contains(&seconds) => Ok(seconds),
@@ -338,7 +637,98 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             data: args.data,
             access: args.access.access(),
             mtu: usize::from(args.mtu),
+            job_lease: args.job_lease,
+            job_backoff: args.job_backoff,
         }),
+        Command::Queue(command) => run_queue(command),
+        Command::Jobs(command) => run_jobs(command),
+    }
+}
+
+fn run_queue(command: QueueCommand) -> Result<ExitCode, Error> {
+    match command {
+        QueueCommand::Send {
+            remote,
+            queue,
+            message,
+            producer,
+            sequence,
+        } => {
+            let identity = producer.zip(sequence);
+            message_queue::send(
+                remote.node,
+                &remote.access.access(),
+                &queue,
+                &message,
+                identity,
+            )
+        }
+        QueueCommand::Recv {
+            remote,
+            queue,
+            lease,
+        } => message_queue::recv(remote.node, &remote.access.access(), &queue, lease),
+        QueueCommand::Ack {
+            remote, receipt, ..
+        } => message_queue::ack(remote.node, &remote.access.access(), receipt),
+        QueueCommand::Extend {
+            remote,
+            receipt,
+            lease,
+            ..
+        } => message_queue::extend(remote.node, &remote.access.access(), receipt, lease),
+        QueueCommand::Stats { remote } => {
+            message_queue::stats(remote.node, &remote.access.access())
+        }
+    }
+}
+
+fn run_jobs(command: JobsCommand) -> Result<ExitCode, Error> {
+    match command {
+        JobsCommand::Submit {
+            remote,
+            payload,
+            key,
+            priority,
+            delay,
+            max_attempts,
+        } => {
+            let job = job_scheduler::NewJob {
+                payload: &payload,
+                key,
+                priority,
+                delay,
+                max_attempts,
+            };
+            job_scheduler::submit(remote.node, &remote.access.access(), &job)
+        }
+        JobsCommand::Work {
+            remote,
+            exec,
+            once,
+            poll,
+        } => job_scheduler::work(
+            remote.node,
+            &remote.access.access(),
+            exec.as_deref(),
+            once,
+            poll,
+        ),
+        JobsCommand::Complete { remote, job, token } => {
+            job_scheduler::complete(remote.node, &remote.access.access(), job, token)
+        }
+        JobsCommand::Fail { remote, job, token } => {
+            job_scheduler::fail_job(remote.node, &remote.access.access(), job, token)
+        }
+        JobsCommand::Heartbeat { remote, job, token } => {
+            job_scheduler::heartbeat(remote.node, &remote.access.access(), job, token)
+        }
+        JobsCommand::List { remote, after } => {
+            job_scheduler::list(remote.node, &remote.access.access(), after)
+        }
+        JobsCommand::Retry { remote, job } => {
+            job_scheduler::retry(remote.node, &remote.access.access(), job)
+        }
     }
 }
 
@@ -361,5 +751,18 @@ mod tests {
         assert_eq!(parse_seconds("2"), Ok(2.0));
         assert!(parse_seconds("0").is_err());
         assert!(parse_seconds("nan").is_err());
+    }
+
+    #[test]
+    fn durations_take_a_unit_or_seconds() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in ["", "s", "-1s", "1x", "1 s", "25h", "1e400", "1.2.3s", "ms"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,10 +1,16 @@
-//! `bedrock node`: one cluster node running the distributed counter and the replicated log
-//! over authenticated UDP, until SIGINT or SIGTERM.
+//! `bedrock node`: one cluster node running the distributed counter, the replicated log, the
+//! message queue and the job scheduler over authenticated UDP, until SIGINT or SIGTERM.
+//!
+//! The counter and the log are shared by the cluster (gossip, anti-entropy); the queue and the
+//! scheduler are the node's own: a client talks to the node that holds its queue or its jobs
+//! (`bedrock queue …` and `bedrock jobs …` with `--node ADDR`), and nothing is replicated.
 //!
 //! # A node's data directory
 //!
 //! - `counter/`: the distributed counter's store;
 //! - `log/`: the replicated log's store;
+//! - `queue/`: the message queue's store;
+//! - `jobs/`: the job scheduler's store;
 //! - `incarnation`: the number bumped at every start (see `bedrock_std::incarnation`).
 //!
 //! Each store is its own locked [`FileStorage`]. The counter's lock is taken first and guards
@@ -52,6 +58,52 @@
 //!
 //! Every node of a cluster must run with the same `--mtu`: an entry written under a larger one
 //! may not fit a smaller node's datagrams.
+//!
+//! # Geometry of the queue store
+//!
+//! [`QUEUE_CAPACITY`] = 8 MiB in 128 segments of 64 KiB, write size 8, with a lent buffer of
+//! one segment.
+//!
+//! - A message is at most [`MESSAGE_MAX`] = 1280 bytes at the default MTU of 1400 bytes: the
+//!   largest that both a `Send` request (with a 32-byte queue name) and the `Delivery` reply
+//!   carry in one datagram (checked at compile time and by a unit test). With a smaller
+//!   `--mtu` the limit shrinks to what one `Delivery` carries ([`message_max`]).
+//! - Capacities: [`QUEUE_MESSAGES`] = 4096 live (sent, not yet acknowledged) messages in all
+//!   queues, [`QUEUE_NAMES`] = 64 queue names holding live messages, [`QUEUE_PRODUCERS`] = 1024
+//!   producers remembered for idempotent retries (the most recently active; `bedrock queue
+//!   send` takes a fresh random producer id per invocation unless given one, so a scripted
+//!   producer stays remembered for the next 1023 other producers' sends), 256 replies waiting
+//!   for a sync. A send past a capacity is refused as full and stores nothing.
+//! - A SEND frame is 28 bytes of header and checksum plus about 20 bytes, the queue name and
+//!   the message, padded to 8: 4096 messages of the largest size take 5.7 MiB, so the live
+//!   index fills before the store does while consumers keep up. Sends are refused while fewer
+//!   than 2 segments are free (room for acks). A checkpoint (the producer table, at most 30 KiB)
+//!   follows every 256 records and releases the segments before the oldest live message.
+//! - Not yet: relocation of old unacknowledged messages. A message left unacknowledged pins
+//!   the segment holding it, so about 8 MiB of later traffic fills the store and sends are
+//!   refused as full until it is acknowledged.
+//! - Leases live in RAM: after a restart every unacknowledged message is pending again.
+//!   Delivery tokens carry the node's incarnation, so a receipt from before a restart is
+//!   refused as stale.
+//!
+//! # Geometry of the jobs store
+//!
+//! [`JOBS_CAPACITY`] = 16 MiB in 64 segments of 256 KiB (erase blocks of 64 KiB), write size 8,
+//! with a lent buffer of one segment: a checkpoint holds the whole index, at most 134 KiB for
+//! [`JOBS_MAX`] = 1024 unfinished jobs (pending, running or dead) and [`JOBS_DONE`] = 1024
+//! finished jobs remembered (for `--key` deduplication and repeated completions), and must fit
+//! one segment. A payload is at most 1024 bytes (`bedrock::jobs::PAYLOAD_LEN_MAX`, whose
+//! `Claimed` answer fits one datagram at the default MTU; with a smaller `--mtu` a larger
+//! payload's claim cannot be answered and the job goes dead after its attempts run out).
+//! 256 answers may wait for a sync. A checkpoint follows every 256 records.
+//!
+//! The lease a claim or heartbeat grants is `--job-lease` (30 s by default); a failed attempt
+//! waits a backoff from `--job-backoff` (1 s) doubling up to 5 minutes, jittered. Fencing
+//! tokens are stored with the claims: they never repeat across restarts, and a running job's
+//! lease is granted again in full at a restart (its worker may still be running).
+//!
+//! The scheduler is opened just before the event loop's clock starts, so the durations it
+//! rebuilds at a restart end no earlier than they should.
 
 use std::fs;
 use std::net::SocketAddr;
@@ -59,12 +111,16 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bedrock::crdt::NodeId;
 use bedrock::dcounter::{self, DistributedCounter};
 use bedrock::driver::{Driver, DriverStats};
+use bedrock::jobs::{self, Scheduler};
 use bedrock::log::{self, Recovery};
+use bedrock::queue::{self, Queue};
 use bedrock::rlog::{Rlog, RlogConfig, RECORD_OVERHEAD};
+use bedrock::time::Instant;
 use bedrock::wire::{Wire, OVERHEAD};
 use bedrock_std::client::{self, CLIENT_KEYS};
 use bedrock_std::node::EventLoop;
@@ -121,9 +177,77 @@ const _: () = assert!(
     LOG_PAYLOAD_MAX as usize + ENTRY_MESSAGE_OVERHEAD + OVERHEAD <= bedrock::net::MTU_DEFAULT
 );
 
+/// The queue store of a node: 8 MiB in 128 segments of 64 KiB.
+pub const QUEUE_CAPACITY: u64 = 8 << 20;
+/// The queue's lent buffer: one segment.
+const QUEUE_BUFFER_BYTES: usize = ERASE_SIZE as usize;
+/// Live (unacknowledged) messages a node's queue holds, in all queues.
+pub const QUEUE_MESSAGES: usize = 4096;
+/// Queue names with live messages.
+pub const QUEUE_NAMES: usize = 64;
+/// Producers remembered for idempotent retries.
+pub const QUEUE_PRODUCERS: usize = 1024;
+/// Queue replies waiting for one sync.
+const QUEUE_REPLIES: usize = 256;
+/// Largest message at the default MTU.
+pub const MESSAGE_MAX: u32 = 1280;
+/// Records between two queue checkpoints.
+const QUEUE_CHECKPOINT_EVERY: u32 = 256;
+/// The longest lease a consumer may ask for; longer asks get this.
+pub const QUEUE_LEASE_MAX: Duration = Duration::from_secs(600);
+/// Bytes a `Delivery` reply adds to its message at most: the variant, request, id and token
+/// (10 each), attempt (5) and a two-byte length.
+pub const DELIVERY_OVERHEAD: usize = 1 + 10 + 10 + 10 + 5 + 2;
+/// Bytes a `Send` request adds to its message at most: the variant, request (10), a queue name
+/// of 32 bytes with its length, producer and sequence (10 each) and a two-byte length.
+pub const SEND_OVERHEAD: usize = 1 + 10 + 1 + queue::NAME_MAX + 10 + 10 + 2;
+
+const _: () = assert!(QUEUE_CAPACITY / ERASE_SIZE as u64 == 128);
+const _: () =
+    assert!(MESSAGE_MAX as usize + DELIVERY_OVERHEAD + OVERHEAD <= bedrock::net::MTU_DEFAULT);
+const _: () = assert!(MESSAGE_MAX as usize + SEND_OVERHEAD + OVERHEAD <= bedrock::net::MTU_DEFAULT);
+const _: () = assert!(
+    QUEUE_BUFFER_BYTES
+        >= 4 * (queue::send_len_max(MESSAGE_MAX as usize) + 64)
+            + queue::checkpoint_len_max(QUEUE_PRODUCERS)
+);
+
+/// The jobs store of a node: 16 MiB in 64 segments of 256 KiB.
+pub const JOBS_CAPACITY: u64 = 16 << 20;
+/// Segments of the jobs store: a checkpoint of the whole index must fit one.
+const JOBS_SEGMENT: u32 = 256 << 10;
+/// The scheduler's lent buffer: one segment.
+const JOBS_BUFFER_BYTES: usize = JOBS_SEGMENT as usize;
+/// Unfinished jobs (pending, running, dead) a node holds.
+pub const JOBS_MAX: usize = 1024;
+/// Finished jobs remembered for deduplication.
+pub const JOBS_DONE: usize = 1024;
+/// Scheduler answers waiting for one sync.
+const JOBS_PENDING: usize = 256;
+/// Records between two scheduler checkpoints.
+const JOBS_CHECKPOINT_EVERY: u32 = 256;
+/// The longest backoff after a failed attempt.
+const JOBS_BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+const _: () = assert!(JOBS_SEGMENT.is_multiple_of(ERASE_SIZE));
+const _: () = assert!(JOBS_CAPACITY / JOBS_SEGMENT as u64 == 64);
+// A checkpoint frame and the control frames fit one segment, and the lent buffer.
+const _: () =
+    assert!(jobs::checkpoint_len_max(JOBS_MAX, JOBS_DONE) + 1024 <= JOBS_SEGMENT as usize);
+
 type NodeCounter =
     DistributedCounter<FileStorage, Vec<u8>, NODES_MAX, PEERS_MAX, DONE_MAX, PENDING_MAX>;
 type NodeLog = Rlog<FileStorage, Vec<u8>, LOG_ORIGINS_MAX, PEERS_MAX, LOG_SEGMENTS>;
+type NodeQueue =
+    Queue<FileStorage, Vec<u8>, QUEUE_MESSAGES, QUEUE_NAMES, QUEUE_PRODUCERS, QUEUE_REPLIES>;
+type NodeJobs = Scheduler<FileStorage, Vec<u8>, JOBS_MAX, JOBS_DONE, JOBS_PENDING>;
+
+/// The largest queue message a node with datagrams of `mtu` bytes takes: [`MESSAGE_MAX`], or
+/// less when a `Delivery` reply would not fit one datagram.
+pub fn message_max(mtu: usize) -> u32 {
+    let room = mtu.saturating_sub(OVERHEAD + DELIVERY_OVERHEAD);
+    u32::try_from(room).unwrap_or(u32::MAX).min(MESSAGE_MAX)
+}
 
 /// The largest entry data a node with datagrams of `mtu` bytes takes: [`DATA_MAX`], or less
 /// when a record with [`CONTEXT_RESERVE`] bytes of context would not fit one datagram.
@@ -148,6 +272,10 @@ pub struct NodeOptions {
     pub access: Access,
     /// The datagram MTU.
     pub mtu: usize,
+    /// The lease a job claim or heartbeat grants.
+    pub job_lease: Duration,
+    /// The backoff after a job's first failed attempt (doubling, jittered, up to 5 minutes).
+    pub job_backoff: Duration,
 }
 
 fn open_store(dir: &Path, capacity: u64) -> Result<FileStorage, Error> {
@@ -210,6 +338,51 @@ fn open_log(options: &NodeOptions, storage: FileStorage) -> Result<NodeLog, Erro
     Ok(replica)
 }
 
+fn open_queue(
+    options: &NodeOptions,
+    storage: FileStorage,
+    incarnation: u32,
+) -> Result<NodeQueue, Error> {
+    let dir = options.data.join("queue");
+    let config = queue::Config {
+        message_max: message_max(options.mtu),
+        checkpoint_every: QUEUE_CHECKPOINT_EVERY,
+        lease_max: QUEUE_LEASE_MAX,
+        log: log::Config {
+            segment_size: ERASE_SIZE,
+            ..log::Config::default()
+        },
+        // Delivery tokens carry the incarnation: a receipt from an earlier run is stale.
+        ..queue::Config::new(incarnation)
+    };
+    let (queue, recovery) = NodeQueue::open(storage, vec![0; QUEUE_BUFFER_BYTES], config)
+        .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
+    warn_about(&dir, &recovery);
+    Ok(queue)
+}
+
+/// Opens the scheduler at `Instant::ZERO`: call it just before the event loop (whose clock
+/// starts at zero when it is created) so that rebuilt leases and delays end no earlier than
+/// they should.
+fn open_jobs(options: &NodeOptions, storage: FileStorage) -> Result<NodeJobs, Error> {
+    let dir = options.data.join("jobs");
+    let config = jobs::Config {
+        lease: options.job_lease,
+        backoff_base: options.job_backoff,
+        backoff_cap: JOBS_BACKOFF_CAP.max(options.job_backoff),
+        checkpoint_every: JOBS_CHECKPOINT_EVERY,
+        log: log::Config {
+            segment_size: JOBS_SEGMENT,
+            ..log::Config::default()
+        },
+    };
+    let (scheduler, recovery) =
+        NodeJobs::open(storage, vec![0; JOBS_BUFFER_BYTES], config, Instant::ZERO)
+            .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
+    warn_about(&dir, &recovery);
+    Ok(scheduler)
+}
+
 fn check_options(options: &NodeOptions) -> Result<(), Error> {
     if options.id == 0 || options.id >= 0x8000_0000 {
         return Err(fail(
@@ -223,6 +396,9 @@ fn check_options(options: &NodeOptions) -> Result<(), Error> {
     }
     if options.peers.contains(&options.listen) {
         return Err(fail("--peer lists this node's own --listen address"));
+    }
+    if options.job_lease.is_zero() {
+        return Err(fail("--job-lease must be longer than 0"));
     }
     if data_max(options.mtu) == 0 {
         return Err(fail(format!(
@@ -242,25 +418,48 @@ fn log_size(replica: &NodeLog) -> (u64, usize) {
     (entries, have.len())
 }
 
-fn start_line(options: &NodeOptions, incarnation: u32, counter: &NodeCounter, replica: &NodeLog) {
+/// Unfinished jobs, and of those the dead ones.
+fn jobs_size(scheduler: &NodeJobs) -> (usize, usize) {
+    let jobs = scheduler.jobs();
+    let dead = jobs
+        .iter()
+        .filter(|job| job.state == jobs::State::Dead)
+        .count();
+    (jobs.len(), dead)
+}
+
+/// The services a node runs, as the event loop takes them.
+type NodeServices = (NodeCounter, NodeLog, NodeQueue, NodeJobs);
+
+fn start_line(options: &NodeOptions, incarnation: u32, services: &NodeServices) {
+    let (counter, replica, queue, scheduler) = services;
     let peers: Vec<String> = options.peers.iter().map(SocketAddr::to_string).collect();
     let (entries, origins) = log_size(replica);
+    let (unfinished, dead) = jobs_size(scheduler);
     eprintln!(
         "node {} (incarnation {incarnation}) listening on {}, peers [{}], counter {}, log {entries} \
-         entries from {origins} origins",
+         entries from {origins} origins, queue {} live messages, jobs {unfinished} unfinished \
+         ({dead} dead)",
         options.id,
         options.listen,
         peers.join(" "),
         counter.value(),
+        queue.stats().live,
     );
 }
 
-fn stop_line(id: u32, stats: DriverStats, counter: &NodeCounter, replica: &NodeLog) {
+fn stop_line(id: u32, stats: DriverStats, services: &NodeServices) {
+    let (counter, replica, queue, scheduler) = services;
     let (entries, _) = log_size(replica);
     let log_stats = replica.stats();
+    let queue_stats = queue.stats();
+    let jobs_stats = scheduler.stats();
+    let (unfinished, dead) = jobs_size(scheduler);
     eprintln!(
         "node {id} stopping: {} datagrams in, {} out, {} rejected, {} truncated; counter {}, \
-         {} increments; log {entries} entries, {} received, {} refused, {} segments released",
+         {} increments; log {entries} entries, {} received, {} refused, {} segments released; \
+         queue {} live messages, {} sent, {} acked, {} expired; jobs {unfinished} unfinished \
+         ({dead} dead), {} submitted, {} completed, {} failed, {} expired",
         stats.received,
         stats.sent,
         stats.rejected,
@@ -270,6 +469,14 @@ fn stop_line(id: u32, stats: DriverStats, counter: &NodeCounter, replica: &NodeL
         log_stats.accepted,
         log_stats.refused,
         log_stats.reclaimed,
+        queue_stats.live,
+        queue_stats.sent,
+        queue_stats.acked,
+        queue_stats.expired,
+        jobs_stats.submitted,
+        jobs_stats.completed,
+        jobs_stats.failed,
+        jobs_stats.expired,
     );
 }
 
@@ -279,13 +486,17 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
     fs::create_dir_all(&options.data)
         .map_err(|error| fail(format!("cannot create {}: {error}", options.data.display())))?;
     let keys = options.access.keys::<{ CLIENT_KEYS }>()?;
-    // The counter store's lock guards the incarnation file and the log store too: take it first.
+    // The counter store's lock guards the incarnation file and the other stores too: take it
+    // first.
     let counter_storage = open_store(&options.data.join("counter"), COUNTER_CAPACITY)?;
     let log_storage = open_store(&options.data.join("log"), LOG_CAPACITY)?;
+    let queue_storage = open_store(&options.data.join("queue"), QUEUE_CAPACITY)?;
+    let jobs_storage = open_store(&options.data.join("jobs"), JOBS_CAPACITY)?;
     let incarnation = incarnation::bump(&options.data)
         .map_err(|error| fail(format!("cannot record the incarnation: {error}")))?;
     let counter = open_counter(&options, counter_storage, incarnation)?;
     let replica = open_log(&options, log_storage)?;
+    let queue = open_queue(&options, queue_storage, incarnation)?;
     let (cluster, id) = (options.access.cluster_id(), NodeId(options.id));
     let wire: Wire<{ CLIENT_KEYS }, SENDERS_MAX> = match keys {
         Some(keys) => Wire::encrypted(cluster, id, incarnation, keys),
@@ -294,22 +505,69 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
     let socket = UdpDatagram::bind(options.listen, options.mtu)
         .map_err(|error| fail(format!("cannot listen on {}: {error}", options.listen)))?;
     let seed = client::random_u64().map_err(|error| fail(error.to_string()))?;
-    let mut event_loop = EventLoop::new(Driver::new(wire), socket, seed);
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|error| fail(format!("cannot handle signals: {error}")))?;
     }
-    start_line(&options, incarnation, &counter, &replica);
-    let mut services = (counter, replica);
-    let result = event_loop.run(&mut services, &stop);
-    let (counter, replica) = services;
-    stop_line(options.id, event_loop.stats(), &counter, &replica);
-    // Both closes run whatever the loop's outcome; the first failure is reported.
+    // Opened last, right before the loop's clock starts (see `open_jobs`).
+    let scheduler = open_jobs(&options, jobs_storage)?;
+    let mut event_loop = EventLoop::new(Driver::new(wire), socket, seed);
+    // Kept on the heap while the loop runs: the services' fixed tables take about 0.7 MB.
+    let mut services: Box<NodeServices> = Box::new((counter, replica, queue, scheduler));
+    start_line(&options, incarnation, &services);
+    let result = event_loop.run(&mut *services, &stop);
+    stop_line(options.id, event_loop.stats(), &services);
+    let (counter, replica, queue, scheduler) = *services;
+    // Every close runs whatever the loop's outcome; the first failure is reported.
+    let jobs_closed = scheduler.close();
+    let queue_closed = queue.close();
     let log_closed = replica.close();
     let closed = counter.close();
     result.map_err(|error| fail(error.to_string()))?;
     closed.map_err(|error| fail(format!("closing the counter store failed: {error}")))?;
     log_closed.map_err(|error| fail(format!("closing the log store failed: {error}")))?;
+    queue_closed.map_err(|error| fail(format!("closing the queue store failed: {error}")))?;
+    jobs_closed.map_err(|error| fail(format!("closing the jobs store failed: {error}")))?;
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bedrock::net::MTU_DEFAULT;
+
+    #[test]
+    fn the_largest_send_and_delivery_fit_one_datagram_at_the_default_mtu() {
+        let payload = [0xa5u8; MESSAGE_MAX as usize];
+        let name = "q".repeat(queue::NAME_MAX);
+        let mut buffer = vec![0u8; MTU_DEFAULT];
+        let room = MTU_DEFAULT - OVERHEAD;
+        let send = queue::Message::Send {
+            request: u64::MAX,
+            queue: &name,
+            producer: u64::MAX,
+            sequence: u64::MAX,
+            payload: &payload,
+        };
+        let len = queue::encode(&send, &mut buffer).unwrap();
+        assert_eq!(len, payload.len() + SEND_OVERHEAD);
+        assert!(len <= room);
+        let delivery = queue::Message::Delivery {
+            request: u64::MAX,
+            id: u64::MAX,
+            token: u64::MAX,
+            attempt: u32::MAX,
+            payload: &payload,
+        };
+        let len = queue::encode(&delivery, &mut buffer).unwrap();
+        assert_eq!(len, payload.len() + DELIVERY_OVERHEAD);
+        assert!(len <= room);
+        assert_eq!(message_max(MTU_DEFAULT), MESSAGE_MAX);
+        assert_eq!(
+            message_max(508),
+            (508 - OVERHEAD - DELIVERY_OVERHEAD) as u32
+        );
+        assert_eq!(message_max(0), 0);
+    }
 }
