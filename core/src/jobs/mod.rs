@@ -484,10 +484,11 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     }
 
     /// The slot of running job `id` if `token` is its current one.
-    fn fenced(&mut self, id: u64, token: u64) -> Result<usize, Refusal> {
+    fn fenced(&mut self, now: Instant, id: u64, token: u64) -> Result<usize, Refusal> {
         let slot = self.index.find(id).ok_or(Refusal::UnknownJob)?;
         let job = &self.index.jobs[slot];
-        if job.state != State::Running || job.token != token {
+        // A lease that ran out is stale even before the timer that expires it has run.
+        if job.state != State::Running || job.token != token || job.lease <= now {
             self.stats.stale += 1;
             return Err(Refusal::StaleToken);
         }
@@ -497,7 +498,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     /// Extends the lease of job `id` held under `token` to a full lease from `now` (memory
     /// only: see the [module docs](self)). Returns the new expiry. On `Err` nothing changed.
     pub fn heartbeat(&mut self, now: Instant, id: u64, token: u64) -> Result<Instant, Refusal> {
-        let slot = self.fenced(id, token)?;
+        let slot = self.fenced(now, id, token)?;
         let expires = now.saturating_add(self.config.lease);
         self.index.jobs[slot].lease = expires;
         self.stats.heartbeats += 1;
@@ -515,7 +516,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
         if again && self.index.find(id).is_none() {
             return Ok(());
         }
-        self.fenced(id, token)?;
+        self.fenced(now, id, token)?;
         self.stage(now, &Record::Complete(FenceRecord { job: id, token }))?;
         self.stats.completed += 1;
         Ok(())
@@ -530,7 +531,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
         token: u64,
         rng: &mut R,
     ) -> Result<Failed, Refusal> {
-        let slot = self.fenced(id, token)?;
+        let slot = self.fenced(now, id, token)?;
         let delay = backoff(
             &self.config,
             self.index.jobs[slot].attempts.saturating_add(1),

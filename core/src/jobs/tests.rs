@@ -219,6 +219,33 @@ fn a_retried_claim_gets_the_same_job_not_a_second_one() {
 }
 
 #[test]
+fn a_lease_that_ran_out_is_stale_before_the_expiry_timer_runs() {
+    let mut scheduler = fresh();
+    scheduler.submit(at(0), &new_job(b"x")).unwrap();
+    let lease = scheduler.claim(at(0), NodeId(1)).unwrap().unwrap();
+    scheduler.commit().unwrap();
+    // No handle_timeout: the job is still marked running, but its lease is over.
+    assert_eq!(
+        scheduler.heartbeat(lease.expires, lease.job, lease.token),
+        Err(Refusal::StaleToken)
+    );
+    assert_eq!(
+        scheduler.complete(lease.expires, lease.job, lease.token),
+        Err(Refusal::StaleToken)
+    );
+    let mut rng = SplitMix64::new(3);
+    assert_eq!(
+        scheduler.fail(lease.expires, lease.job, lease.token, &mut rng),
+        Err(Refusal::StaleToken)
+    );
+    // Just before the end it still holds.
+    let just_before = Instant::from_micros(lease.expires.as_micros() - 1);
+    assert!(scheduler
+        .complete(just_before, lease.job, lease.token)
+        .is_ok());
+}
+
+#[test]
 fn a_heartbeat_extends_the_lease_and_a_stale_token_is_rejected_after_expiry_and_reclaim() {
     let mut scheduler = fresh();
     let mut rng = SplitMix64::new(1);

@@ -33,8 +33,8 @@
 //! Exactly-once execution: a command may run again after its worker lost the lease (a pause,
 //! a partition), or when the worker crashed after the command's effect and before the
 //! completion. `BEDROCK_JOB_TOKEN` grows with every claim: an effect that records it can refuse
-//! a stale worker. A retried `Claim` whose first answer was lost claims a second job, which
-//! waits for its lease to run out.
+//! a stale worker. (A retried `Claim` whose first answer was lost gets the same claim again:
+//! the node remembers its last 32 claims by client and request.)
 
 use std::ffi::OsStr;
 use std::io::{self, Write};

@@ -30,8 +30,8 @@
 //! # Retries and what is not guaranteed
 //!
 //! Every request is retried with the same request id until answered (3 s at most). A retried
-//! `recv` whose first answer was lost leases a second message, and the first one waits for its
-//! lease to end before it is delivered again. An `ack` whose first answer was lost is refused
+//! `recv` whose first answer was lost gets the same lease again (the node remembers its last 32
+//! leases by client and request). An `ack` whose first answer was lost is refused
 //! on its retry as "not in the queue": the message is acknowledged either way.
 
 use std::ffi::OsStr;

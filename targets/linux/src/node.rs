@@ -79,9 +79,11 @@
 //!   index fills before the store does while consumers keep up. Sends are refused while fewer
 //!   than 2 segments are free (room for acks). A checkpoint (the producer table, at most 30 KiB)
 //!   follows every 256 records and releases the segments before the oldest live message.
-//! - Not yet: relocation of old unacknowledged messages. A message left unacknowledged pins
-//!   the segment holding it, so about 8 MiB of later traffic fills the store and sends are
-//!   refused as full until it is acknowledged.
+//! - A message left unacknowledged does not pin the store: when at most 2 segments are free,
+//!   a commit copies the live messages of the oldest segment to the head of the log (a scratch
+//!   buffer of one message is lent for it) and the checkpoint after it releases that segment.
+//!   A backlog of live messages that fills the store still refuses sends as full until
+//!   consumers acknowledge.
 //! - Leases live in RAM: after a restart every unacknowledged message is pending again.
 //!   Delivery tokens carry the node's incarnation, so a receipt from before a restart is
 //!   refused as stale.
@@ -355,9 +357,10 @@ fn open_queue(
         // Delivery tokens carry the incarnation: a receipt from an earlier run is stale.
         ..queue::Config::new(incarnation)
     };
-    let (queue, recovery) = NodeQueue::open(storage, vec![0; QUEUE_BUFFER_BYTES], config)
+    let (mut queue, recovery) = NodeQueue::open(storage, vec![0; QUEUE_BUFFER_BYTES], config)
         .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
     warn_about(&dir, &recovery);
+    queue.set_relocation_scratch(vec![0; queue::send_len_max(MESSAGE_MAX as usize)]);
     Ok(queue)
 }
 
