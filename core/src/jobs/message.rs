@@ -21,7 +21,8 @@ pub const LIST_MAX: usize = 32;
 pub enum Refusal {
     /// The job table holds `JOBS` jobs already; retry later.
     Full,
-    /// The payload is longer than [`PAYLOAD_LEN_MAX`].
+    /// The payload is longer than [`PAYLOAD_LEN_MAX`] or the scheduler's configured
+    /// `payload_max`.
     TooLarge,
     /// `max_attempts` is 0.
     Invalid,

@@ -110,6 +110,9 @@ pub struct Config {
     /// A checkpoint follows every this-many records (at least 1); also when the log runs short
     /// of free segments.
     pub checkpoint_every: u32,
+    /// The largest payload a submit may carry, at most [`PAYLOAD_LEN_MAX`]: lower it when the
+    /// `Claimed` answer must fit a datagram smaller than the default MTU.
+    pub payload_max: usize,
     /// The log underneath; its `payload_max` is raised to what a checkpoint needs.
     pub log: log::Config,
 }
@@ -122,6 +125,7 @@ impl Default for Config {
             backoff_base: Duration::from_secs(1),
             backoff_cap: Duration::from_secs(300),
             checkpoint_every: 256,
+            payload_max: PAYLOAD_LEN_MAX,
             log: log::Config::default(),
         }
     }
@@ -415,7 +419,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
                 duplicate: true,
             });
         }
-        if job.payload.len() > PAYLOAD_LEN_MAX {
+        if job.payload.len() > self.config.payload_max.min(PAYLOAD_LEN_MAX) {
             return Err(Refusal::TooLarge);
         }
         if job.max_attempts == 0 {

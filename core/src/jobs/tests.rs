@@ -724,6 +724,21 @@ fn messages_and_records_match_the_bytes_in_the_spec() {
 }
 
 #[test]
+fn a_payload_over_the_configured_limit_is_refused() {
+    let storage = RamStorage::new(8, 4096, 0xFF).unwrap();
+    let config = Config {
+        payload_max: 10,
+        ..config()
+    };
+    let mut scheduler = Sched::open(storage, [0; 4096], config, at(0)).unwrap().0;
+    assert!(scheduler.submit(at(0), &new_job(&[1; 10])).is_ok());
+    assert_eq!(
+        scheduler.submit(at(0), &new_job(&[1; 11])),
+        Err(Refusal::TooLarge)
+    );
+}
+
+#[test]
 fn full_tables_refuse_cleanly() {
     let mut scheduler = fresh();
     for _ in 0..8 {

@@ -95,8 +95,9 @@
 //! [`JOBS_MAX`] = 1024 unfinished jobs (pending, running or dead) and [`JOBS_DONE`] = 1024
 //! finished jobs remembered (for `--key` deduplication and repeated completions), and must fit
 //! one segment. A payload is at most 1024 bytes (`bedrock::jobs::PAYLOAD_LEN_MAX`, whose
-//! `Claimed` answer fits one datagram at the default MTU; with a smaller `--mtu` a larger
-//! payload's claim cannot be answered and the job goes dead after its attempts run out).
+//! `Claimed` answer fits one datagram at the default MTU); with a smaller `--mtu`, at most
+//! what one `Claimed` answer carries ([`job_payload_max`]): a larger submit is refused as too
+//! large rather than stored as a job whose claims could never be answered.
 //! 256 answers may wait for a sync. A checkpoint follows every 256 records.
 //!
 //! The lease a claim or heartbeat grants is `--job-lease` (30 s by default); a failed attempt
@@ -251,6 +252,17 @@ pub fn message_max(mtu: usize) -> u32 {
     u32::try_from(room).unwrap_or(u32::MAX).min(MESSAGE_MAX)
 }
 
+/// Bytes a `Claimed` answer adds to its payload at most: the variant, request, job, token and
+/// lease (10 each), attempts (5) and a two-byte length.
+pub const CLAIMED_OVERHEAD: usize = 1 + 10 + 10 + 10 + 10 + 5 + 2;
+
+/// The largest job payload a node with datagrams of `mtu` bytes takes: what one `Claimed`
+/// answer carries, at most `bedrock::jobs::PAYLOAD_LEN_MAX`.
+pub fn job_payload_max(mtu: usize) -> usize {
+    mtu.saturating_sub(OVERHEAD + CLAIMED_OVERHEAD)
+        .min(jobs::PAYLOAD_LEN_MAX)
+}
+
 /// The largest entry data a node with datagrams of `mtu` bytes takes: [`DATA_MAX`], or less
 /// when a record with [`CONTEXT_RESERVE`] bytes of context would not fit one datagram.
 pub fn data_max(mtu: usize) -> u32 {
@@ -374,6 +386,7 @@ fn open_jobs(options: &NodeOptions, storage: FileStorage) -> Result<NodeJobs, Er
         backoff_base: options.job_backoff,
         backoff_cap: JOBS_BACKOFF_CAP.max(options.job_backoff),
         checkpoint_every: JOBS_CHECKPOINT_EVERY,
+        payload_max: job_payload_max(options.mtu),
         log: log::Config {
             segment_size: JOBS_SEGMENT,
             ..log::Config::default()
@@ -572,5 +585,25 @@ mod tests {
             (508 - OVERHEAD - DELIVERY_OVERHEAD) as u32
         );
         assert_eq!(message_max(0), 0);
+    }
+
+    #[test]
+    fn the_largest_claimed_answer_fits_one_datagram() {
+        for mtu in [MTU_DEFAULT, 508] {
+            let payload = vec![0xA5u8; job_payload_max(mtu)];
+            let claimed = jobs::Message::Claimed {
+                request: u64::MAX,
+                job: u64::MAX,
+                token: u64::MAX,
+                lease_ms: u64::MAX,
+                attempts: u32::MAX,
+                payload: &payload,
+            };
+            let mut buffer = vec![0u8; 2 * MTU_DEFAULT];
+            let len = jobs::encode(&claimed, &mut buffer).unwrap();
+            assert_eq!(len, payload.len() + CLAIMED_OVERHEAD);
+            assert!(len + OVERHEAD <= mtu, "mtu {mtu}: {len}");
+        }
+        assert_eq!(job_payload_max(MTU_DEFAULT), jobs::PAYLOAD_LEN_MAX);
     }
 }
