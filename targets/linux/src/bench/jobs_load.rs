@@ -3,9 +3,9 @@
 //! [`super::service_load`] for the node, the clients and the rounds.
 //!
 //! The service is `bedrock::jobs::Scheduler` on its own `FileStorage`, with capacities that
-//! mirror the node's: an 8 MiB store of 64 KiB erase blocks in [`SEGMENT`] segments (a
-//! checkpoint holds the whole job table and must fit one), [`JOBS`] jobs, [`DONE`] finished
-//! jobs remembered, [`PENDING`] answers waiting for a sync. Every round starts a fresh node
+//! mirror the node's (kept in step by hand): an 8 MiB store of 64 KiB erase blocks in
+//! [`SEGMENT`] segments (a checkpoint holds the whole job table and must fit one), [`JOBS`]
+//! jobs, [`DONE`] finished jobs remembered, [`PENDING`] answers waiting for a sync. Every round starts a fresh node
 //! whose table is filled with [`JOBS`] jobs of [`PAYLOAD`] bytes (submitted in process, then
 //! committed); each worker loops `Claim` → `Claimed` → `Complete` → `Done`, both writes
 //! answered after their sync, and the window ends when fewer than `2 W` jobs are left or the
@@ -31,7 +31,7 @@ pub const WORKERS: usize = 16;
 /// Bytes per job payload.
 pub const PAYLOAD: usize = 100;
 
-/// The node's capacities (mirrored: `bedrock node` runs the scheduler with these).
+/// The capacities mirror the scheduler of `bedrock node` (keep them in step with `node.rs`).
 pub const JOBS: usize = 1024;
 pub const DONE: usize = 1024;
 pub const PENDING: usize = 256;
@@ -231,7 +231,7 @@ impl Figures {
                 "h: one node on 127.0.0.1 (event loop thread, encrypted envelopes, \
                  bedrock::jobs::Scheduler on an {} MiB FileStorage of {} KiB segments; {JOBS} \
                  jobs, {DONE} finished remembered, {PENDING} answers waiting, a checkpoint of \
-                 the whole table every 256 records, as the node has them); every round starts \
+                 the whole table every 256 records, mirroring the node); every round starts \
                  a fresh node with {JOBS} jobs of {PAYLOAD} bytes (submitted in process, \
                  {FILL_BATCH} per commit) and ends when fewer than 2W are left or the time is \
                  up; (a) after each window for a third of it",

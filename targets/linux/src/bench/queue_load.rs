@@ -3,8 +3,8 @@
 //! them; see [`super::service_load`] for the node, the clients and the rounds.
 //!
 //! The service is `bedrock::queue::Queue` on its own `FileStorage` (as `bedrock node` keeps the
-//! queue in `DATA/queue`), with capacities that mirror the node's: an 8 MiB store of 64 KiB
-//! segments, [`MESSAGES`] live messages, [`QUEUES`] queue names, [`PRODUCERS`] producers and
+//! queue in `DATA/queue`), with capacities that mirror the node's (kept in step by hand): an
+//! 8 MiB store of 64 KiB segments, [`MESSAGES`] live messages, [`QUEUES`] queue names, [`PRODUCERS`] producers and
 //! [`REPLIES`] waiting replies. Messages carry [`PAYLOAD`] bytes, all in one queue.
 //!
 //! - Sends: each client is a producer with its own id keeping one `Send` outstanding (the next
@@ -42,7 +42,7 @@ const QUEUE: &str = "bench";
 /// Lease a consumer asks for: long enough that no lease expires in a window.
 const LEASE_MS: u32 = 30_000;
 
-/// The node's capacities (mirrored: `bedrock node` runs the queue with these).
+/// The capacities mirror the queue of `bedrock node` (keep them in step with `node.rs`).
 pub const MESSAGES: usize = 4096;
 pub const QUEUES: usize = 64;
 pub const PRODUCERS: usize = 256;
