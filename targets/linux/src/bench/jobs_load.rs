@@ -5,9 +5,9 @@
 //! The service is `bedrock::jobs::Scheduler` on its own `FileStorage`, with capacities that
 //! mirror the node's (kept in step by hand): an 8 MiB store of 64 KiB erase blocks in
 //! [`SEGMENT`] segments (a checkpoint holds the whole job table and must fit one), [`JOBS`]
-//! jobs, [`DONE`] finished jobs remembered, [`PENDING`] answers waiting for a sync. Every round starts a fresh node
-//! whose table is filled with [`JOBS`] jobs of [`PAYLOAD`] bytes (submitted in process, then
-//! committed); each worker loops `Claim` → `Claimed` → `Complete` → `Done`, both writes
+//! jobs, [`DONE`] finished jobs remembered, [`PENDING`] answers waiting for a sync. Every
+//! round starts a fresh node whose table is filled with [`JOBS`] jobs of [`PAYLOAD`] bytes
+//! (submitted in process, then committed); each worker loops `Claim` → `Claimed` → `Complete` → `Done`, both writes
 //! answered after their sync, and the window ends when fewer than `2 W` jobs are left or the
 //! time is up. A job costs two durable writes (CLAIM, COMPLETE) and two round trips.
 
