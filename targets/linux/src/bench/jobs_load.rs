@@ -2,14 +2,14 @@
 //! workers, beside the raw `pwrite` + `fdatasync` rate (a) measured in turns with them; see
 //! [`super::service_load`] for the node, the clients and the rounds.
 //!
-//! The service is `bedrock::jobs::Scheduler` on its own `FileStorage`, with capacities that
-//! mirror the node's (kept in step by hand): an 8 MiB store of 64 KiB erase blocks in
-//! [`SEGMENT`] segments (a checkpoint holds the whole job table and must fit one), [`JOBS`]
-//! jobs, [`DONE`] finished jobs remembered, [`PENDING`] answers waiting for a sync. Every
-//! round starts a fresh node whose table is filled with [`JOBS`] jobs of [`PAYLOAD`] bytes
-//! (submitted in process, then committed); each worker loops `Claim` → `Claimed` → `Complete` → `Done`, both writes
-//! answered after their sync, and the window ends when fewer than `2 W` jobs are left or the
-//! time is up. A job costs two durable writes (CLAIM, COMPLETE) and two round trips.
+//! The service is `bedrock::jobs::Scheduler` on its own `FileStorage`, with capacities that mirror
+//! the node's (kept in step by hand): an 8 MiB store of 64 KiB erase blocks in [`SEGMENT`] segments
+//! (a checkpoint holds the whole job table and must fit one), [`JOBS`] jobs, [`DONE`] finished jobs
+//! remembered, [`PENDING`] answers waiting for a sync. Every round starts a fresh node whose table
+//! is filled with [`JOBS`] jobs of [`PAYLOAD`] bytes (submitted in process, then committed); each
+//! worker loops `Claim` → `Claimed` → `Complete` → `Done`, both writes answered after their sync,
+//! and the window ends when fewer than `2 W` jobs are left or the time is up. A job costs two
+//! durable writes (CLAIM, COMPLETE) and two round trips.
 
 use std::path::Path;
 use std::time::Duration;

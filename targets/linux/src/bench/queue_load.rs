@@ -3,9 +3,9 @@
 //! them; see [`super::service_load`] for the node, the clients and the rounds.
 //!
 //! The service is `bedrock::queue::Queue` on its own `FileStorage` (as `bedrock node` keeps the
-//! queue in `DATA/queue`), with capacities that mirror the node's (kept in step by hand): an
-//! 8 MiB store of 64 KiB segments, [`MESSAGES`] live messages, [`QUEUES`] queue names,
-//! [`PRODUCERS`] producers and [`REPLIES`] waiting replies. Messages carry [`PAYLOAD`] bytes, all in one queue.
+//! queue in `DATA/queue`), with capacities that mirror the node's (kept in step by hand): an 8 MiB
+//! store of 64 KiB segments, [`MESSAGES`] live messages, [`QUEUES`] queue names, [`PRODUCERS`]
+//! producers and [`REPLIES`] waiting replies. Messages carry [`PAYLOAD`] bytes, all in one queue.
 //!
 //! - Sends: each client is a producer with its own id keeping one `Send` outstanding (the next
 //!   sequence number as soon as `Sent` arrives; a retry repeats the request id and the
