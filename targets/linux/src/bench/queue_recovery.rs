@@ -554,7 +554,8 @@ impl Figures {
                  close after the last commit; \"closed\": after Queue::close), medians; \
                  MB/s = bytes recovery read / its time; raw = read_exact_at of the whole data \
                  file ({} MiB node store, {} MiB large store) with 4 MiB reads; node queue: \
-                 {} messages, large queue: {LARGE_MESSAGES}; {PAYLOAD}-byte messages, one producer, a commit every {FILL_BATCH} operations",
+                 {} messages, large queue: {LARGE_MESSAGES}; {PAYLOAD}-byte messages, one \
+                 producer, a commit every {FILL_BATCH} operations",
                 queue_load::STORE_CAPACITY >> 20,
                 LARGE_CAPACITY >> 20,
                 queue_load::MESSAGES,
