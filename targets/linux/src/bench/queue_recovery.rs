@@ -564,8 +564,7 @@ impl Figures {
                 true => "i: cold = the data file's pages evicted with posix_fadvise(DONTNEED) \
                          before the run"
                     .to_string(),
-                false => "i: posix_fadvise(DONTNEED) failed: the cold figures are warm"
-                    .to_string(),
+                false => "i: posix_fadvise(DONTNEED) failed: the cold figures are warm".to_string(),
             },
         ];
         notes.extend(self.cases.iter().map(Measured::note));
