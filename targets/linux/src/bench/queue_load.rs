@@ -301,7 +301,7 @@ impl Figures {
             format!(
                 "g: one node on 127.0.0.1 (event loop thread, encrypted envelopes, \
                  bedrock::queue::Queue on an {} MiB FileStorage of {} KiB segments; {MESSAGES} \
-                 messages, {PRODUCERS} producers, {REPLIES} replies, as the node has them); \
+                 messages, {PRODUCERS} producers, {REPLIES} replies, mirroring the node); \
                  messages of {PAYLOAD} bytes in one queue; one client thread, each client a \
                  socket keeping one request outstanding, a write answered after its fdatasync",
                 STORE_CAPACITY >> 20,
