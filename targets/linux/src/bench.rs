@@ -17,8 +17,22 @@
 //!   encrypted envelopes, the distributed counter on `FileStorage`) from 1, 16 and 64
 //!   concurrent clients, against (a) run in turns with each level; see
 //!   [`node_load`].
+//! - (g) durable queue sends per second from 1, 16 and 64 concurrent producers, and receives
+//!   and acks per second from 1, 16 and 64 concurrent consumers, through one node running
+//!   `bedrock::queue::Queue`, against (a) run in turns; see [`queue_load`].
+//! - (h) jobs claimed and completed per second by 16 concurrent workers through one node
+//!   running `bedrock::jobs::Scheduler`, against (a) run in turns; see [`jobs_load`].
+//! - (i) `Queue::open` after a crash, against the backlog of live messages and the log behind
+//!   it, beside a raw sequential read of the same file; see [`queue_recovery`].
+//!
+//! The environment variable `BEDROCK_BENCH` selects figures by letter (`BEDROCK_BENCH=ghi`
+//! runs g, h and i; a, b and c go together): the command line has no option for it yet.
 
+mod jobs_load;
 mod node_load;
+mod queue_load;
+mod queue_recovery;
+mod service_load;
 
 use std::fs::{self, File, OpenOptions};
 use std::hint::black_box;
@@ -84,33 +98,80 @@ pub fn run(dir: Option<&Path>, seconds: f64) -> Result<ExitCode, Error> {
     for line in context.lines() {
         output::line(line)?;
     }
+    let selection = Selection::from_env()?;
+    if let Some(letters) = &selection.letters {
+        output::line(format!("  selection    {letters} (BEDROCK_BENCH)"))?;
+    }
     output::line("")?;
 
-    progress(format_args!(
-        "a-c: raw sync, counter incr, counter {GROUP} per commit: {ROUNDS} rounds"
-    ));
-    let syncs = sync_figures(scratch.path(), budget)?;
-    progress(format_args!(
-        "f: one node, {:?} concurrent UDP clients",
-        node_load::LEVELS
-    ));
-    let node = node_load::figures(scratch.path(), budget)?;
-    progress(format_args!(
-        "d: writing a {} MiB log",
-        (REPLAY_FRAMES * 4096) >> 20
-    ));
-    let replay = replay_figures(scratch.path(), budget)?;
-    progress(format_args!("e: CRC-32C and memory read"));
-    let crc = crc_figure(budget);
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    if selection.has('a') {
+        progress(format_args!(
+            "a-c: raw sync, counter incr, counter {GROUP} per commit: {ROUNDS} rounds"
+        ));
+        let syncs = sync_figures(scratch.path(), budget)?;
+        rows.extend(sync_rows(&syncs));
+        notes.extend(syncs.notes());
+    }
+    if selection.has('f') {
+        progress(format_args!(
+            "f: one node, {:?} concurrent UDP clients",
+            node_load::LEVELS
+        ));
+        let node = node_load::figures(scratch.path(), budget)?;
+        rows.extend(node_rows(&node));
+        notes.extend(node_notes(&node));
+    }
+    if selection.has('g') || selection.has('h') {
+        let mut raw = RawSync::new(scratch.path())?;
+        if selection.has('g') {
+            progress(format_args!(
+                "g: one queue node, {:?} concurrent producers, then consumers",
+                queue_load::LEVELS
+            ));
+            let queue = queue_load::figures(scratch.path(), budget, &mut raw)?;
+            rows.extend(queue.rows());
+            notes.extend(queue.notes());
+        }
+        if selection.has('h') {
+            progress(format_args!(
+                "h: one job scheduler node, {} concurrent workers",
+                jobs_load::WORKERS
+            ));
+            let jobs = jobs_load::figures(scratch.path(), budget, &mut raw)?;
+            rows.extend(jobs.rows());
+            notes.extend(jobs.notes());
+        }
+    }
+    if selection.has('i') {
+        progress(format_args!("i: queue recovery against its backlog"));
+        let recovery = queue_recovery::figures(scratch.path(), budget)?;
+        rows.extend(recovery.rows());
+        notes.extend(recovery.notes());
+    }
+    if selection.has('d') {
+        progress(format_args!(
+            "d: writing a {} MiB log",
+            (REPLAY_FRAMES * 4096) >> 20
+        ));
+        let replay = replay_figures(scratch.path(), budget)?;
+        rows.extend(replay_rows(&replay));
+        notes.extend(replay.notes());
+    }
+    if selection.has('e') {
+        progress(format_args!("e: CRC-32C and memory read"));
+        rows.push(crc_row(crc_figure(budget)));
+    }
+    // The table and the notes in letter order, whatever order the figures ran in.
+    rows.sort_by_key(|row| row.figure.chars().next());
+    notes.sort_by_key(|note| note.chars().next());
 
-    let mut rows = table(&syncs, &replay, crc);
-    rows.extend(node_rows(&node));
     for line in render(&rows) {
         output::line(line)?;
     }
     output::line("")?;
-    let notes = syncs.notes().into_iter().chain(replay.notes());
-    for line in notes.chain(node_notes(&node)) {
+    for line in notes {
         output::line(line)?;
     }
     output::line(format!("load average {} at the end", load_average()))?;
@@ -122,6 +183,54 @@ pub fn run(dir: Option<&Path>, seconds: f64) -> Result<ExitCode, Error> {
         ))
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The figures to run: every one, or the letters of `BEDROCK_BENCH`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Selection {
+    letters: Option<String>,
+}
+
+impl Selection {
+    /// Every figure's letter; a, b and c run together.
+    const LETTERS: &'static str = "abcdefghi";
+
+    fn from_env() -> Result<Self, Error> {
+        match std::env::var("BEDROCK_BENCH") {
+            Ok(text) if !text.trim().is_empty() => Self::parse(&text),
+            _ => Ok(Self { letters: None }),
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, Error> {
+        let mut letters = String::new();
+        for letter in text.chars().filter(|c| !c.is_whitespace() && *c != ',') {
+            let letter = letter.to_ascii_lowercase();
+            if !Self::LETTERS.contains(letter) {
+                return Err(fail(format!(
+                    "BEDROCK_BENCH: no figure {letter:?} (the figures are a to i)"
+                )));
+            }
+            // a, b and c are measured in turns: any of them runs all three.
+            let group = if "abc".contains(letter) { "abc" } else { "" };
+            for letter in group.chars().chain(std::iter::once(letter)) {
+                if !letters.contains(letter) {
+                    letters.push(letter);
+                }
+            }
+        }
+        let mut sorted: Vec<char> = letters.chars().collect();
+        sorted.sort_unstable();
+        Ok(Self {
+            letters: Some(sorted.into_iter().collect()),
+        })
+    }
+
+    fn has(&self, letter: char) -> bool {
+        self.letters
+            .as_ref()
+            .is_none_or(|letters| letters.contains(letter))
+    }
 }
 
 fn progress(what: std::fmt::Arguments<'_>) {
@@ -884,13 +993,13 @@ struct Row {
     result: String,
 }
 
-fn table(syncs: &SyncFigures, replay: &ReplayFigures, crc: CrcFigures) -> Vec<Row> {
+fn sync_rows(syncs: &SyncFigures) -> Vec<Row> {
     let raw = syncs.raw.per_second();
     let single = syncs.single.per_second();
     let grouped = syncs.grouped.per_second();
     let single_ratio = median_of(&syncs.single_ratios);
     let grouped_ratio = median_of(&syncs.grouped_ratios);
-    let mut rows = vec![
+    vec![
         Row {
             figure: "a. raw: pwrite 32 B + fdatasync".to_string(),
             measured: format!("{raw:.0} ops/s"),
@@ -915,20 +1024,27 @@ fn table(syncs: &SyncFigures, replay: &ReplayFigures, crc: CrcFigures) -> Vec<Ro
             goal: ">= 25 x b",
             result: verdict(grouped_ratio, 25.0),
         },
-    ];
+    ]
+}
+
+fn replay_rows(replay: &ReplayFigures) -> Vec<Row> {
+    let mut rows = Vec::new();
     if let Some((cache, rates)) = replay.cold_rates() {
         rows.push(replay_row(cache.label(), rates));
     }
     rows.push(replay_row("warm cache", replay.warm_rates()));
-    rows.push(Row {
+    rows
+}
+
+fn crc_row(crc: CrcFigures) -> Row {
+    Row {
         figure: "e. CRC-32C over 64 MiB".to_string(),
         measured: format!("{:.2} GB/s", crc.crc / 1e9),
         limit: format!("{:.2} GB/s memory read", crc.memory / 1e9),
         ratio: format!("{:.2}", crc.crc / crc.memory),
         goal: "-",
         result: "-".to_string(),
-    });
-    rows
+    }
 }
 
 fn node_rows(levels: &[node_load::Level]) -> Vec<Row> {
@@ -1074,6 +1190,15 @@ mod tests {
     fn verdicts_say_by_how_much_a_goal_was_missed() {
         assert_eq!(verdict(0.96, 0.95), "met");
         assert_eq!(verdict(0.5, 1.0), "MISSED by 50%");
+    }
+
+    #[test]
+    fn a_selection_names_figures_by_letter_and_keeps_a_to_c_together() {
+        let selection = Selection::parse("G, i b").unwrap();
+        assert_eq!(selection.letters.as_deref(), Some("abcgi"));
+        assert!(selection.has('g') && selection.has('a') && !selection.has('f'));
+        assert!(Selection { letters: None }.has('f'));
+        assert!(Selection::parse("gx").is_err());
     }
 
     #[test]
