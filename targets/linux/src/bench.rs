@@ -25,8 +25,8 @@
 //! - (i) `Queue::open` after a crash, against the backlog of live messages and the log behind
 //!   it, beside a raw sequential read of the same file; see [`queue_recovery`].
 //!
-//! The environment variable `BEDROCK_BENCH` selects figures by letter (`BEDROCK_BENCH=ghi`
-//! runs g, h and i; a, b and c go together): the command line has no option for it yet.
+//! `--only LETTERS` selects figures by letter (`--only ghi` runs g, h and i; a, b and c go
+//! together).
 
 mod jobs_load;
 mod node_load;
@@ -79,7 +79,7 @@ const _: () = assert!(REPLAY_FRAMES * 4096 >= 256 << 20);
 const _: () = assert!(REPLAY_FRAMES.div_ceil(255) < REPLAY_CAPACITY / REPLAY_SEGMENT as u64);
 
 /// `bedrock bench [--dir DIR] [--seconds S]`.
-pub fn run(dir: Option<&Path>, seconds: f64) -> Result<ExitCode, Error> {
+pub fn run(dir: Option<&Path>, seconds: f64, only: Option<&str>) -> Result<ExitCode, Error> {
     let base = dir.unwrap_or(Path::new("."));
     if !base.is_dir() {
         return Err(fail(format!("{} is not a directory", base.display())));
@@ -98,9 +98,12 @@ pub fn run(dir: Option<&Path>, seconds: f64) -> Result<ExitCode, Error> {
     for line in context.lines() {
         output::line(line)?;
     }
-    let selection = Selection::from_env()?;
+    let selection = match only {
+        Some(text) => Selection::parse(text)?,
+        None => Selection { letters: None },
+    };
     if let Some(letters) = &selection.letters {
-        output::line(format!("  selection    {letters} (BEDROCK_BENCH)"))?;
+        output::line(format!("  selection    {letters} (--only)"))?;
     }
     output::line("")?;
 
@@ -185,7 +188,7 @@ pub fn run(dir: Option<&Path>, seconds: f64) -> Result<ExitCode, Error> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The figures to run: every one, or the letters of `BEDROCK_BENCH`.
+/// The figures to run: every one, or the letters given to `--only`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Selection {
     letters: Option<String>,
@@ -195,20 +198,13 @@ impl Selection {
     /// Every figure's letter; a, b and c run together.
     const LETTERS: &'static str = "abcdefghi";
 
-    fn from_env() -> Result<Self, Error> {
-        match std::env::var("BEDROCK_BENCH") {
-            Ok(text) if !text.trim().is_empty() => Self::parse(&text),
-            _ => Ok(Self { letters: None }),
-        }
-    }
-
     fn parse(text: &str) -> Result<Self, Error> {
         let mut letters = String::new();
         for letter in text.chars().filter(|c| !c.is_whitespace() && *c != ',') {
             let letter = letter.to_ascii_lowercase();
             if !Self::LETTERS.contains(letter) {
                 return Err(fail(format!(
-                    "BEDROCK_BENCH: no figure {letter:?} (the figures are a to i)"
+                    "--only: no figure {letter:?} (the figures are a to i)"
                 )));
             }
             // a, b and c are measured in turns: any of them runs all three.

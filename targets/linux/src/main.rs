@@ -543,9 +543,13 @@ struct BenchArgs {
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Seconds per figure: a, b and c take turns for 3 of these, the replays run for at least
-    /// one (and at least 5 times), CRC-32C and memory read share one.
+    /// one (and at least 5 times), CRC-32C and memory read share one; the node figures (f, g,
+    /// h) run their levels for about 3/4 of it each, the queue recoveries (i) at least 3 times.
     #[arg(long, value_name = "S", default_value_t = 2.0, value_parser = parse_seconds)]
     seconds: f64,
+    /// Run only these figures, by letter (for example `--only ghi`; a, b and c run together).
+    #[arg(long, value_name = "LETTERS")]
+    only: Option<String>,
 }
 
 fn parse_amount(text: &str) -> Result<u64, String> {
@@ -614,7 +618,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             store::hammer(&data.dir, count, batch)
         }
         Command::Inspect(data) => inspect::run(&data.dir),
-        Command::Bench(args) => bench::run(args.dir.as_deref(), args.seconds),
+        Command::Bench(args) => bench::run(args.dir.as_deref(), args.seconds, args.only.as_deref()),
         Command::Keygen { out } => cluster::keygen(&out),
         Command::Log(LogCommand::Append { node, access, data }) => {
             replicated_log::append(node, &access.access(), &data)

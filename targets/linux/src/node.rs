@@ -145,7 +145,7 @@ const PENDING_MAX: usize = 256;
 const SENDERS_MAX: usize = 256;
 
 /// Erase block and segment size of both stores.
-const ERASE_SIZE: u32 = 64 << 10;
+pub const ERASE_SIZE: u32 = 64 << 10;
 /// Write size (the word) of both stores.
 const WRITE_SIZE: u32 = 8;
 
@@ -191,7 +191,7 @@ pub const QUEUE_NAMES: usize = 64;
 /// Producers remembered for idempotent retries.
 pub const QUEUE_PRODUCERS: usize = 1024;
 /// Queue replies waiting for one sync.
-const QUEUE_REPLIES: usize = 256;
+pub const QUEUE_REPLIES: usize = 256;
 /// Largest message at the default MTU.
 pub const MESSAGE_MAX: u32 = 1280;
 /// Records between two queue checkpoints.
@@ -218,7 +218,7 @@ const _: () = assert!(
 /// The jobs store of a node: 16 MiB in 64 segments of 256 KiB.
 pub const JOBS_CAPACITY: u64 = 16 << 20;
 /// Segments of the jobs store: a checkpoint of the whole index must fit one.
-const JOBS_SEGMENT: u32 = 256 << 10;
+pub const JOBS_SEGMENT: u32 = 256 << 10;
 /// The scheduler's lent buffer: one segment.
 const JOBS_BUFFER_BYTES: usize = JOBS_SEGMENT as usize;
 /// Unfinished jobs (pending, running, dead) a node holds.
@@ -226,7 +226,7 @@ pub const JOBS_MAX: usize = 1024;
 /// Finished jobs remembered for deduplication.
 pub const JOBS_DONE: usize = 1024;
 /// Scheduler answers waiting for one sync.
-const JOBS_PENDING: usize = 256;
+pub const JOBS_PENDING: usize = 256;
 /// Records between two scheduler checkpoints.
 const JOBS_CHECKPOINT_EVERY: u32 = 256;
 /// The longest backoff after a failed attempt.
@@ -241,9 +241,9 @@ const _: () =
 type NodeCounter =
     DistributedCounter<FileStorage, Vec<u8>, NODES_MAX, PEERS_MAX, DONE_MAX, PENDING_MAX>;
 type NodeLog = Rlog<FileStorage, Vec<u8>, LOG_ORIGINS_MAX, PEERS_MAX, LOG_SEGMENTS>;
-type NodeQueue =
+pub type NodeQueue =
     Queue<FileStorage, Vec<u8>, QUEUE_MESSAGES, QUEUE_NAMES, QUEUE_PRODUCERS, QUEUE_REPLIES>;
-type NodeJobs = Scheduler<FileStorage, Vec<u8>, JOBS_MAX, JOBS_DONE, JOBS_PENDING>;
+pub type NodeJobs = Scheduler<FileStorage, Vec<u8>, JOBS_MAX, JOBS_DONE, JOBS_PENDING>;
 
 /// The largest queue message a node with datagrams of `mtu` bytes takes: [`MESSAGE_MAX`], or
 /// less when a `Delivery` reply would not fit one datagram.
@@ -293,13 +293,7 @@ pub struct NodeOptions {
 }
 
 fn open_store(dir: &Path, capacity: u64) -> Result<FileStorage, Error> {
-    let file_options = FileOptions {
-        capacity: Some(capacity),
-        read_size: 1,
-        write_size: WRITE_SIZE,
-        erase_size: ERASE_SIZE,
-    };
-    FileStorage::open(dir, file_options).map_err(|error| match error {
+    FileStorage::open(dir, store_options(capacity)).map_err(|error| match error {
         FileError::Locked { .. } => fail(error.to_string()),
         error => fail(format!("cannot open {}: {error}", dir.display())),
     })
@@ -352,14 +346,10 @@ fn open_log(options: &NodeOptions, storage: FileStorage) -> Result<NodeLog, Erro
     Ok(replica)
 }
 
-fn open_queue(
-    options: &NodeOptions,
-    storage: FileStorage,
-    incarnation: u32,
-) -> Result<NodeQueue, Error> {
-    let dir = options.data.join("queue");
-    let config = queue::Config {
-        message_max: message_max(options.mtu),
+/// The configuration of a node's queue: incarnation `incarnation`, datagrams of `mtu` bytes.
+pub fn queue_config(incarnation: u32, mtu: usize) -> queue::Config {
+    queue::Config {
+        message_max: message_max(mtu),
         checkpoint_every: QUEUE_CHECKPOINT_EVERY,
         lease_max: QUEUE_LEASE_MAX,
         log: log::Config {
@@ -368,12 +358,68 @@ fn open_queue(
         },
         // Delivery tokens carry the incarnation: a receipt from an earlier run is stale.
         ..queue::Config::new(incarnation)
-    };
+    }
+}
+
+/// Opens a node's queue on `storage`, with the lent buffers `bedrock node` uses (the bench
+/// opens its queues here too).
+pub fn open_node_queue(
+    storage: FileStorage,
+    config: queue::Config,
+) -> Result<(NodeQueue, Recovery), String> {
     let (mut queue, recovery) = NodeQueue::open(storage, vec![0; QUEUE_BUFFER_BYTES], config)
+        .map_err(|error| error.to_string())?;
+    queue.set_relocation_scratch(vec![0; queue::send_len_max(config.message_max as usize)]);
+    Ok((queue, recovery))
+}
+
+fn open_queue(
+    options: &NodeOptions,
+    storage: FileStorage,
+    incarnation: u32,
+) -> Result<NodeQueue, Error> {
+    let dir = options.data.join("queue");
+    let (queue, recovery) = open_node_queue(storage, queue_config(incarnation, options.mtu))
         .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
     warn_about(&dir, &recovery);
-    queue.set_relocation_scratch(vec![0; queue::send_len_max(MESSAGE_MAX as usize)]);
     Ok(queue)
+}
+
+/// The configuration of a node's scheduler: `lease`, `backoff` (the first retry's), datagrams
+/// of `mtu` bytes.
+pub fn jobs_config(lease: Duration, backoff: Duration, mtu: usize) -> jobs::Config {
+    jobs::Config {
+        lease,
+        backoff_base: backoff,
+        backoff_cap: JOBS_BACKOFF_CAP.max(backoff),
+        checkpoint_every: JOBS_CHECKPOINT_EVERY,
+        payload_max: job_payload_max(mtu),
+        log: log::Config {
+            segment_size: JOBS_SEGMENT,
+            ..log::Config::default()
+        },
+    }
+}
+
+/// Opens a node's scheduler on `storage` at `now`, with the lent buffer `bedrock node` uses.
+pub fn open_node_jobs(
+    storage: FileStorage,
+    config: jobs::Config,
+    now: Instant,
+) -> Result<(NodeJobs, Recovery), String> {
+    NodeJobs::open(storage, vec![0; JOBS_BUFFER_BYTES], config, now)
+        .map_err(|error| error.to_string())
+}
+
+/// The options of a node store of `capacity` bytes whose segments are erase blocks of
+/// 64 KiB (the jobs store groups four of them into each log segment).
+pub fn store_options(capacity: u64) -> FileOptions {
+    FileOptions {
+        capacity: Some(capacity),
+        read_size: 1,
+        write_size: WRITE_SIZE,
+        erase_size: ERASE_SIZE,
+    }
 }
 
 /// Opens the scheduler at `Instant::ZERO`: call it just before the event loop (whose clock
@@ -381,20 +427,9 @@ fn open_queue(
 /// they should.
 fn open_jobs(options: &NodeOptions, storage: FileStorage) -> Result<NodeJobs, Error> {
     let dir = options.data.join("jobs");
-    let config = jobs::Config {
-        lease: options.job_lease,
-        backoff_base: options.job_backoff,
-        backoff_cap: JOBS_BACKOFF_CAP.max(options.job_backoff),
-        checkpoint_every: JOBS_CHECKPOINT_EVERY,
-        payload_max: job_payload_max(options.mtu),
-        log: log::Config {
-            segment_size: JOBS_SEGMENT,
-            ..log::Config::default()
-        },
-    };
-    let (scheduler, recovery) =
-        NodeJobs::open(storage, vec![0; JOBS_BUFFER_BYTES], config, Instant::ZERO)
-            .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
+    let config = jobs_config(options.job_lease, options.job_backoff, options.mtu);
+    let (scheduler, recovery) = open_node_jobs(storage, config, Instant::ZERO)
+        .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
     warn_about(&dir, &recovery);
     Ok(scheduler)
 }

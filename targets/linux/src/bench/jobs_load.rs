@@ -14,8 +14,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bedrock::jobs::{self, checkpoint_len_max, Config, Message, NewJob, Scheduler};
-use bedrock::log;
+use bedrock::jobs::{self, Config, Message, NewJob};
+use bedrock::net::MTU_DEFAULT;
 use bedrock::service::Service;
 use bedrock::time::Instant;
 use bedrock_std::{FileOptions, FileStorage};
@@ -25,48 +25,29 @@ use super::service_load::{
 };
 use super::{RawSync, Row};
 use crate::error::Error;
+use crate::node;
 
 /// Concurrent workers.
 pub const WORKERS: usize = 16;
 /// Bytes per job payload.
 pub const PAYLOAD: usize = 100;
 
-/// The capacities mirror the scheduler of `bedrock node` (keep them in step with `node.rs`).
-pub const JOBS: usize = 1024;
-pub const DONE: usize = 1024;
-pub const PENDING: usize = 256;
-pub const STORE_CAPACITY: u64 = 8 << 20;
-pub const ERASE_SIZE: u32 = 64 << 10;
-pub const SEGMENT: u32 = 256 << 10;
-const LOG_BUFFER_BYTES: usize = 256 << 10;
+/// The node's capacities: the benchmark runs `bedrock node`'s own scheduler.
+pub const JOBS: usize = node::JOBS_MAX;
+pub const PENDING: usize = node::JOBS_PENDING;
 /// Jobs submitted per commit when a store is filled in process.
 const FILL_BATCH: usize = 256;
 
-/// A checkpoint frame (payload, 24-byte header, CRC) fits a segment after its header, and the
-/// lent buffer.
-const _: () = assert!(checkpoint_len_max(JOBS, DONE) + 128 <= SEGMENT as usize);
-const _: () = assert!(checkpoint_len_max(JOBS, DONE) + 128 <= LOG_BUFFER_BYTES);
 const _: () = assert!(WORKERS <= PENDING && 4 * WORKERS < JOBS);
 
-pub type NodeScheduler = Scheduler<FileStorage, Vec<u8>, JOBS, DONE, PENDING>;
+pub use node::NodeJobs as NodeScheduler;
 
 fn options() -> FileOptions {
-    FileOptions {
-        capacity: Some(STORE_CAPACITY),
-        read_size: 1,
-        write_size: 8,
-        erase_size: ERASE_SIZE,
-    }
+    node::store_options(node::JOBS_CAPACITY)
 }
 
 fn config() -> Config {
-    Config {
-        log: log::Config {
-            segment_size: SEGMENT,
-            ..log::Config::default()
-        },
-        ..Config::default()
-    }
+    node::jobs_config(Duration::from_secs(30), Duration::from_secs(1), MTU_DEFAULT)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -79,9 +60,8 @@ impl Bench for JobsBench {
     fn open(&self, dir: &Path, _incarnation: u32) -> Result<NodeScheduler, String> {
         let storage = FileStorage::open(dir, options())
             .map_err(|error| format!("cannot open {}: {error}", dir.display()))?;
-        let (mut scheduler, _) =
-            NodeScheduler::open(storage, vec![0; LOG_BUFFER_BYTES], config(), Instant::ZERO)
-                .map_err(|error| format!("cannot open the benchmark scheduler: {error}"))?;
+        let (mut scheduler, _) = node::open_node_jobs(storage, config(), Instant::ZERO)
+            .map_err(|error| format!("cannot open the benchmark scheduler: {error}"))?;
         let fill = |error: &dyn std::fmt::Display| format!("cannot fill the scheduler: {error}");
         for index in 0..JOBS {
             let mut payload = [0xA5u8; PAYLOAD];
@@ -229,14 +209,15 @@ impl Figures {
         vec![
             format!(
                 "h: one node on 127.0.0.1 (event loop thread, encrypted envelopes, \
-                 bedrock::jobs::Scheduler on an {} MiB FileStorage of {} KiB segments; {JOBS} \
-                 jobs, {DONE} finished remembered, {PENDING} answers waiting, a checkpoint of \
-                 the whole table every 256 records, mirroring the node); every round starts \
+                 bedrock::jobs::Scheduler as `bedrock node` runs it: an {} MiB FileStorage of \
+                 {} KiB segments; {JOBS} jobs, {} finished remembered, {PENDING} answers \
+                 waiting, a checkpoint of the whole table every 256 records); every round starts \
                  a fresh node with {JOBS} jobs of {PAYLOAD} bytes (submitted in process, \
                  {FILL_BATCH} per commit) and ends when fewer than 2W are left or the time is \
                  up; (a) after each window for a third of it",
-                STORE_CAPACITY >> 20,
-                SEGMENT >> 10
+                node::JOBS_CAPACITY >> 20,
+                node::JOBS_SEGMENT >> 10,
+                node::JOBS_DONE
             ),
             format!(
                 "h: {} workers: {:.0} jobs completed/s and {:.0} claims/s in {:.0} syncs/s, \

@@ -22,7 +22,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use bedrock::queue::{self, Config, Message, Queue};
+use bedrock::net::MTU_DEFAULT;
+use bedrock::queue::{self, Message};
 use bedrock::service::Service;
 use bedrock::time::Instant;
 use bedrock_std::{FileOptions, FileStorage};
@@ -32,6 +33,7 @@ use super::service_load::{
 };
 use super::{RawSync, Row};
 use crate::error::Error;
+use crate::node;
 
 /// Concurrent clients of each level.
 pub const LEVELS: [usize; 3] = [1, 16, 64];
@@ -42,14 +44,12 @@ const QUEUE: &str = "bench";
 /// Lease a consumer asks for: long enough that no lease expires in a window.
 const LEASE_MS: u32 = 30_000;
 
-/// The capacities mirror the queue of `bedrock node` (keep them in step with `node.rs`).
-pub const MESSAGES: usize = 4096;
-pub const QUEUES: usize = 64;
-pub const PRODUCERS: usize = 256;
-pub const REPLIES: usize = 256;
-pub const STORE_CAPACITY: u64 = 8 << 20;
-pub const ERASE_SIZE: u32 = 64 << 10;
-const LOG_BUFFER_BYTES: usize = 256 << 10;
+/// The node's capacities: the benchmark runs `bedrock node`'s own queue.
+pub const MESSAGES: usize = node::QUEUE_MESSAGES;
+pub const QUEUES: usize = node::QUEUE_NAMES;
+pub const PRODUCERS: usize = node::QUEUE_PRODUCERS;
+pub const REPLIES: usize = node::QUEUE_REPLIES;
+pub const STORE_CAPACITY: u64 = node::QUEUE_CAPACITY;
 /// Messages sent per commit when a store is filled in process.
 const FILL_BATCH: usize = 256;
 
@@ -57,16 +57,11 @@ const _: () = assert!(LEVELS[LEVELS.len() - 1] <= REPLIES);
 const _: () = assert!(LEVELS[LEVELS.len() - 1] <= PRODUCERS);
 const _: () = assert!(4 * LEVELS[LEVELS.len() - 1] < MESSAGES);
 
-pub type NodeQueue = Queue<FileStorage, Vec<u8>, MESSAGES, QUEUES, PRODUCERS, REPLIES>;
+pub use node::NodeQueue;
 
 /// The options of the queue's store.
 pub fn options() -> FileOptions {
-    FileOptions {
-        capacity: Some(STORE_CAPACITY),
-        read_size: 1,
-        write_size: 8,
-        erase_size: ERASE_SIZE,
-    }
+    node::store_options(STORE_CAPACITY)
 }
 
 /// The payload of message `sequence` of `producer`.
@@ -96,9 +91,8 @@ impl Bench for QueueBench {
     fn open(&self, dir: &Path, incarnation: u32) -> Result<NodeQueue, String> {
         let storage = FileStorage::open(dir, options())
             .map_err(|error| format!("cannot open {}: {error}", dir.display()))?;
-        let mut config = Config::new(incarnation);
-        config.message_max = PAYLOAD as u32;
-        let (mut queue, _) = NodeQueue::open(storage, vec![0; LOG_BUFFER_BYTES], config)
+        let config = node::queue_config(incarnation, MTU_DEFAULT);
+        let (mut queue, _) = node::open_node_queue(storage, config)
             .map_err(|error| format!("cannot open the benchmark queue: {error}"))?;
         if self.side == Side::Ack {
             // Producer 0 is no client's: the clients of the send side are 1 to C.
@@ -300,12 +294,12 @@ impl Figures {
         let mut notes = vec![
             format!(
                 "g: one node on 127.0.0.1 (event loop thread, encrypted envelopes, \
-                 bedrock::queue::Queue on an {} MiB FileStorage of {} KiB segments; {MESSAGES} \
-                 messages, {PRODUCERS} producers, {REPLIES} replies, mirroring the node); \
+                 bedrock::queue::Queue as `bedrock node` runs it: an {} MiB FileStorage of {} \
+                 KiB segments; {MESSAGES} messages, {PRODUCERS} producers, {REPLIES} replies); \
                  messages of {PAYLOAD} bytes in one queue; one client thread, each client a \
                  socket keeping one request outstanding, a write answered after its fdatasync",
                 STORE_CAPACITY >> 20,
-                ERASE_SIZE >> 10
+                node::ERASE_SIZE >> 10
             ),
             format!(
                 "g: every round starts a fresh node: sends into an empty queue until it holds \

@@ -238,10 +238,9 @@ fn capacity<const M: usize>() -> u64 {
     }
 }
 
+/// The node's queue configuration (its message limit, checkpoint interval and segments).
 fn config() -> Config {
-    let mut config = Config::new(1);
-    config.message_max = PAYLOAD as u32;
-    config
+    crate::node::queue_config(1, bedrock::net::MTU_DEFAULT)
 }
 
 fn queue_fail(what: &'static str) -> impl Fn(&dyn std::fmt::Display) -> Error {
