@@ -349,6 +349,9 @@ pub struct Queue<
     /// The latest deliveries made for clients, so a retried `Receive` (its `Delivery` lost)
     /// gets the same lease again instead of a second message.
     recent: Deque<service::RecentDelivery, RECENT_DELIVERIES>,
+    /// No lease ends before this (a lower bound: see [`Queue::next_expiry`]); `None` when no
+    /// message is leased.
+    earliest_lease: Option<Instant>,
     /// Lent by [`Queue::set_relocation_scratch`]: lets the service relocate pinned messages.
     scratch: Option<B>,
     stats: Stats,
@@ -398,6 +401,7 @@ impl<
             poisoned: false,
             replies: Deque::new(),
             recent: Deque::new(),
+            earliest_lease: None,
             scratch: None,
             stats: Stats::default(),
         };
@@ -545,20 +549,29 @@ impl<
         let live = self.live.get_mut(index)?;
         live.state = State::Leased { until, token };
         live.attempts = live.attempts.saturating_add(1);
+        self.earliest_lease = Some(self.earliest_lease.map_or(until, |at| at.min(until)));
         self.stats.deliveries += 1;
         Some((token, live.attempts))
     }
 
-    /// Makes every lease that ended by `now` PENDING again.
+    /// Makes every lease that ended by `now` PENDING again. Walks the index only when the
+    /// earliest lease end (a lower bound kept by every lease and extension) has passed.
     fn expire(&mut self, now: Instant) {
+        if self.earliest_lease.is_none_or(|at| at > now) {
+            return;
+        }
+        let mut earliest: Option<Instant> = None;
         for live in self.live.iter_mut() {
             if let State::Leased { until, .. } = live.state {
                 if until <= now {
                     live.state = State::Pending;
                     self.stats.expired += 1;
+                } else {
+                    earliest = Some(earliest.map_or(until, |at| at.min(until)));
                 }
             }
         }
+        self.earliest_lease = earliest;
     }
 
     /// The index of live message `id` leased under `token` (lease not ended at `now`).
@@ -616,6 +629,7 @@ impl<
         let index = self.leased(now, id, token)?;
         let until = now.saturating_add(lease.min(self.config.lease_max));
         self.live[index].state = State::Leased { until, token };
+        self.earliest_lease = Some(self.earliest_lease.map_or(until, |at| at.min(until)));
         Ok(())
     }
 
@@ -697,15 +711,11 @@ impl<
         stats
     }
 
-    /// When the earliest lease ends, if any message is leased.
+    /// When the earliest lease may end: no later than the earliest lease end (earlier when
+    /// that lease was acknowledged or extended since; the expiry it causes then finds nothing
+    /// to do and tightens the bound). `None` when nothing has been leased since.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.live
-            .iter()
-            .filter_map(|live| match live.state {
-                State::Leased { until, .. } => Some(until),
-                State::Pending => None,
-            })
-            .min()
+        self.earliest_lease
     }
 
     /// The log underneath.
