@@ -736,10 +736,18 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     /// SUBMIT copies that justify it, and recovery would start past a job's only SUBMIT. After
     /// the sync, a crash before the release frame is durable merely replays more.
     fn release_after_sync(&mut self) -> Result<(), CommitError<S::Error>> {
-        if let Some(frame) = self.pending_release.take() {
-            self.log
-                .release_before(frame)
-                .map_err(CommitError::Release)?;
+        let Some(frame) = self.pending_release.take() else {
+            return Ok(());
+        };
+        let live = self.log.first_live_epoch();
+        self.log
+            .release_before(frame)
+            .map_err(CommitError::Release)?;
+        if self.log.first_live_epoch() > live {
+            // A segment was freed: make its release frame durable now rather than with the next
+            // commit. Every restart begins a fresh segment, so on a small log releases lost to
+            // crashes add up until no segment is free.
+            self.log.sync().map_err(CommitError::Sync)?;
         }
         Ok(())
     }
