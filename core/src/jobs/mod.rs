@@ -401,10 +401,10 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     /// Commits what is staged and marks a clean shutdown (see [`Log::close`]). Answers still
     /// queued are not sent.
     pub fn close(mut self) -> Result<(), CommitError<S::Error>> {
-        if let Some(checkpoint) = self.pending_release.take() {
-            self.log
-                .release_before(checkpoint)
-                .map_err(CommitError::Release)?;
+        if self.pending_release.is_some() {
+            // The checkpoint first, then its release (see `release_after_sync`).
+            self.log.sync().map_err(CommitError::Sync)?;
+            self.release_after_sync()?;
         }
         self.log.close().map_err(CommitError::Sync)
     }
@@ -723,13 +723,31 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     }
 
     fn sync(&mut self) -> Result<(), CommitError<S::Error>> {
-        if let Some(frame) = self.pending_release.take() {
-            self.log
-                .release_before(frame)
-                .map_err(CommitError::Release)?;
-        }
         self.log.sync().map_err(CommitError::Sync)?;
         self.stats.syncs += 1;
+        self.release_after_sync()
+    }
+
+    /// Releases what the last checkpoint allows, once it is durable. The release point is
+    /// usually the oldest unfinished SUBMIT, a frame durable long before: the log applies such a
+    /// release at once and records it in a frame of its own, and unsynced writes are independent,
+    /// so released before the sync that frame could reach the medium without the checkpoint and
+    /// SUBMIT copies that justify it, and recovery would start past a job's only SUBMIT. After
+    /// the sync, a crash before the release frame is durable merely replays more.
+    fn release_after_sync(&mut self) -> Result<(), CommitError<S::Error>> {
+        let Some(frame) = self.pending_release.take() else {
+            return Ok(());
+        };
+        let live = self.log.first_live_epoch();
+        self.log
+            .release_before(frame)
+            .map_err(CommitError::Release)?;
+        if self.log.first_live_epoch() > live {
+            // A segment was freed: make its release frame durable now rather than with the next
+            // commit. Every restart begins a fresh segment, so on a small log releases lost to
+            // crashes add up until no segment is free.
+            self.log.sync().map_err(CommitError::Sync)?;
+        }
         Ok(())
     }
 }
