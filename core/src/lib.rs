@@ -45,5 +45,7 @@ pub mod rlog;
 pub mod rng;
 pub mod service;
 pub mod storage;
+#[cfg(test)]
+mod testing;
 pub mod time;
 pub mod wire;

@@ -157,7 +157,10 @@ impl<
                     Some(answer) => answer,
                     None => self.lease_next(now, from, request, (queue, lease)),
                 };
-                self.reply(from, request, answer, false);
+                // A delivery depends on the commit too: its message may have been sent in this
+                // step, and if the sync fails its id may be reused after the restart (an
+                // idempotent consumer would then skip the new message as done).
+                self.reply(from, request, answer, true);
             }
             Message::Ack { request, id, token } => {
                 let answer = match self.ack(now, MessageId(id), token) {
