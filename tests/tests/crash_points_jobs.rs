@@ -64,6 +64,7 @@ fn config() -> Config {
             policy: log::Policy::StopAtCorruption,
             ..log::Config::default()
         },
+        ..Config::default()
     }
 }
 

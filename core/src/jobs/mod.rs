@@ -53,6 +53,11 @@
 //!   ([`Refusal::Unavailable`]). An old unfinished job does not pin the log: when free segments
 //!   run short, a checkpoint first copies the SUBMIT records of the oldest segment forward.
 //! - Lowering the configured lease across a restart shortens re-granted leases accordingly.
+//! - Sizing: a checkpoint holds the whole index ([`checkpoint_len_max`]), and the log's segments
+//!   should hold at least four of them. After a run of crashes that leaves every segment live,
+//!   recovery resumes in the newest segment behind a margin of one largest frame (SPEC.md 4.6);
+//!   with smaller segments there is no room for the checkpoint that would free space, and every
+//!   write is refused until an operator intervenes.
 
 mod message;
 mod record;
@@ -86,6 +91,8 @@ const RELOCATE_MAX: usize = 4;
 const OUTBOX: usize = 16;
 /// Claims remembered for retried `Claim` requests.
 const RECENT_CLAIMS: usize = 32;
+/// How long after a lease expiry could not be written (the log is full) it is tried again.
+const EXPIRY_RETRY: Duration = Duration::from_secs(1);
 
 /// A claim granted to a client's `Claim`, remembered so that a retry of that request (its
 /// `Claimed` answer lost) gets the same claim back instead of a second job.
@@ -270,6 +277,8 @@ pub struct Scheduler<S, B, const JOBS: usize, const DONE: usize, const PENDING: 
     jitter: SplitMix64,
     /// The latest claims granted to clients' requests.
     recent_claims: Deque<RecentClaim, RECENT_CLAIMS>,
+    /// When an expiry that could not be written is tried again (no wake-ups before it).
+    expiry_retry: Option<Instant>,
     stats: Stats,
 }
 
@@ -329,6 +338,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
             poisoned: false,
             jitter: SplitMix64::new(now.as_micros()),
             recent_claims: Deque::new(),
+            expiry_retry: None,
             stats: Stats::default(),
         };
         Ok((scheduler, recovery))
@@ -610,7 +620,9 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
                 continue;
             }
             if self.fail_slot(now, slot, Duration::ZERO).is_err() {
-                break; // The storage refuses: the next timeout tries again.
+                // The storage refuses (full): try again a while later, not at every step.
+                self.expiry_retry = Some(now.saturating_add(EXPIRY_RETRY));
+                break;
             }
             self.stats.expired += 1;
             expired += 1;

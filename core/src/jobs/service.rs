@@ -261,11 +261,13 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
             return None;
         }
         let last = self.last_now;
+        // After an expiry the log refused, lease ends wait for the retry time.
+        let retry = self.expiry_retry.filter(|&at| at > last);
         self.index
             .jobs
             .iter()
             .filter_map(|job| match job.state {
-                State::Running => Some(job.lease),
+                State::Running => Some(retry.map_or(job.lease, |at| job.lease.max(at))),
                 State::Pending if job.run_after > last => Some(job.run_after),
                 _ => None,
             })
