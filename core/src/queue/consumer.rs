@@ -27,7 +27,11 @@
 //!
 //! - A redelivery of a message processed more than `SEEN` messages ago is processed again: keep
 //!   `SEEN` above the number of messages that may be processed while one delivery's ack is in
-//!   doubt (with the queue, about the messages processed within a lease).
+//!   doubt. Within a lease that is about the messages processed in one lease time, but after a
+//!   queue restart every unacknowledged message is pending again and comes back in id order,
+//!   so an in-doubt message may return behind the whole backlog of its queue: the safe size is
+//!   the queue's live-message capacity (`MESSAGES`), or the largest backlog the application
+//!   allows. (The simulation found a duplicate with `SEEN` = 32 and a backlog above it.)
 //! - Checkpoints are the application's to take (it owns the snapshot): when the log fills,
 //!   `process` fails with [`ConsumerError::Full`] until it does.
 
