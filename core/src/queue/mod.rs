@@ -57,6 +57,7 @@
 //!   on its retry: the message is delivered either way.
 
 mod consumer;
+mod index;
 mod message;
 mod record;
 mod service;
@@ -76,6 +77,8 @@ pub use service::CommitError;
 use core::time::Duration;
 
 use heapless::{Deque, String, Vec};
+
+use index::Index;
 
 use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError};
 use crate::storage::Storage;
@@ -177,9 +180,9 @@ pub(crate) fn remember_producer<const P: usize>(
 
 /// The table index of queue `name`, taking a free or unused slot for a new name; `None` when
 /// every slot names a queue with live messages.
-pub(crate) fn queue_slot<const Q: usize>(
+pub(crate) fn queue_slot<const M: usize, const Q: usize>(
     names: &mut Vec<String<NAME_MAX>, Q>,
-    live: &[Live],
+    live: &Index<M, Q>,
     name: &str,
 ) -> Option<usize> {
     if let Some(index) = names.iter().position(|n| n.as_str() == name) {
@@ -189,7 +192,7 @@ pub(crate) fn queue_slot<const Q: usize>(
     if names.push(owned.clone()).is_ok() {
         return Some(names.len() - 1);
     }
-    let unused = (0..names.len()).find(|&index| live.iter().all(|l| l.queue != index))?;
+    let unused = (0..names.len()).find(|&index| !live.queue_in_use(index))?;
     names[unused] = owned;
     Some(unused)
 }
@@ -335,7 +338,7 @@ pub struct Queue<
     log: Log<S, B>,
     config: Config,
     /// Undelivered messages, ordered by id.
-    live: Vec<Live, MESSAGES>,
+    live: Index<MESSAGES, QUEUES>,
     names: Vec<String<NAME_MAX>, QUEUES>,
     producers: Vec<ProducerState, PRODUCERS>,
     next_id: u64,
@@ -475,8 +478,8 @@ impl<
         self.names = names;
         self.next_id = next_id;
         remember_producer(&mut self.producers, producer, sequence, id);
-        // Ids only grow, so pushing keeps the index ordered; room was checked above.
-        let _ = self.live.push(Live {
+        // Ids only grow, so this appends; room was checked above.
+        let _ = self.live.insert(Live {
             id: MessageId(id),
             queue: slot,
             at,
@@ -498,10 +501,9 @@ impl<
         out: &mut [u8],
     ) -> Result<Option<Delivery>, ReceiveError<S::Error>> {
         self.expire(now);
-        let Some(index) = self.next_pending(queue) else {
+        let Some((index, live)) = self.next_pending(queue) else {
             return Ok(None);
         };
-        let live = self.live[index];
         let (producer, sequence, len) = {
             let (frame, payload) = self
                 .log
@@ -532,12 +534,11 @@ impl<
         }))
     }
 
-    /// The index of the oldest PENDING message of `queue`.
-    fn next_pending(&self, queue: &str) -> Option<usize> {
+    /// The oldest PENDING message of `queue` and its index.
+    fn next_pending(&mut self, queue: &str) -> Option<(usize, Live)> {
         let slot = self.names.iter().position(|n| n.as_str() == queue)?;
-        self.live
-            .iter()
-            .position(|live| live.queue == slot && live.state == State::Pending)
+        let index = self.live.next_pending(slot)?;
+        Some((index, self.live.entry(index)?))
     }
 
     /// Leases the message at `index`: a fresh token, one more attempt.
@@ -546,12 +547,10 @@ impl<
         self.next_token = counter;
         let token = (u64::from(self.config.incarnation) << 32) | u64::from(counter);
         let until = now.saturating_add(lease.min(self.config.lease_max));
-        let live = self.live.get_mut(index)?;
-        live.state = State::Leased { until, token };
-        live.attempts = live.attempts.saturating_add(1);
+        let attempts = self.live.deliver(index, until, token)?;
         self.earliest_lease = Some(self.earliest_lease.map_or(until, |at| at.min(until)));
         self.stats.deliveries += 1;
-        Some((token, live.attempts))
+        Some((token, attempts))
     }
 
     /// Makes every lease that ended by `now` PENDING again. Walks the index only when the
@@ -560,17 +559,8 @@ impl<
         if self.earliest_lease.is_none_or(|at| at > now) {
             return;
         }
-        let mut earliest: Option<Instant> = None;
-        for live in self.live.iter_mut() {
-            if let State::Leased { until, .. } = live.state {
-                if until <= now {
-                    live.state = State::Pending;
-                    self.stats.expired += 1;
-                } else {
-                    earliest = Some(earliest.map_or(until, |at| at.min(until)));
-                }
-            }
-        }
+        let (expired, earliest) = self.live.expire(now);
+        self.stats.expired += expired;
         self.earliest_lease = earliest;
     }
 
@@ -582,11 +572,9 @@ impl<
         token: u64,
     ) -> Result<usize, AckError<S::Error>> {
         self.expire(now);
-        let index = self
-            .live
-            .binary_search_by_key(&id, |live| live.id)
-            .map_err(|_| AckError::NotLive)?;
-        match self.live[index].state {
+        let index = self.live.find(id).ok_or(AckError::NotLive)?;
+        let live = self.live.entry(index).ok_or(AckError::NotLive)?;
+        match live.state {
             State::Leased { token: current, .. } if current == token => Ok(index),
             _ => {
                 self.stats.stale += 1;
@@ -628,7 +616,7 @@ impl<
     ) -> Result<(), AckError<S::Error>> {
         let index = self.leased(now, id, token)?;
         let until = now.saturating_add(lease.min(self.config.lease_max));
-        self.live[index].state = State::Leased { until, token };
+        self.live.extend(index, until, token);
         self.earliest_lease = Some(self.earliest_lease.map_or(until, |at| at.min(until)));
         Ok(())
     }
@@ -636,9 +624,12 @@ impl<
     /// Whether live messages pin the oldest live segment while space is low: then
     /// [`Queue::relocate`] would let the next checkpoint release it.
     pub fn needs_relocation(&self) -> bool {
-        let oldest = self.live.iter().map(|live| live.at.position.epoch).min();
+        // Epochs grow with log sequence numbers: the oldest SEND is in the oldest epoch.
         self.log.free_segments() <= SEND_RESERVE_SEGMENTS
-            && oldest.is_some_and(|epoch| epoch < self.log.newest_epoch())
+            && self
+                .live
+                .oldest_at()
+                .is_some_and(|at| at.position.epoch < self.log.newest_epoch())
     }
 
     /// Copies the SEND records of the live messages in the oldest segment holding any to the
@@ -650,15 +641,17 @@ impl<
         if self.poisoned {
             return Err(RelocateError::Poisoned);
         }
-        let Some(epoch) = self.live.iter().map(|live| live.at.position.epoch).min() else {
+        let Some(epoch) = self.live.oldest_at().map(|at| at.position.epoch) else {
             return Ok(0);
         };
         if epoch >= self.log.newest_epoch() {
             return Ok(0);
         }
         let mut moved = 0u32;
-        for index in 0..self.live.len() {
-            let live = self.live[index];
+        for index in 0..self.live.end() {
+            let Some(live) = self.live.entry(index) else {
+                continue;
+            };
             if live.at.position.epoch != epoch {
                 continue;
             }
@@ -682,7 +675,7 @@ impl<
                 })
                 .map_err(|error| self.append_failed(error))
                 .map_err(RelocateError::Append)?;
-            self.live[index].at = at;
+            self.live.set_at(index, at);
             self.staged = true;
             moved = moved.saturating_add(1);
         }
@@ -695,19 +688,14 @@ impl<
 
     /// Whether message `id` is live (stored, not yet acknowledged).
     pub fn is_live(&self, id: MessageId) -> bool {
-        self.live.binary_search_by_key(&id, |live| live.id).is_ok()
+        self.live.find(id).is_some()
     }
 
     /// What the queue holds and did.
     pub fn stats(&self) -> Stats {
         let mut stats = self.stats;
-        stats.live = u32::try_from(self.live.len()).unwrap_or(u32::MAX);
-        let leased = self
-            .live
-            .iter()
-            .filter(|live| matches!(live.state, State::Leased { .. }))
-            .count();
-        stats.leased = u32::try_from(leased).unwrap_or(u32::MAX);
+        stats.live = u32::try_from(self.live.count()).unwrap_or(u32::MAX);
+        stats.leased = u32::try_from(self.live.leased()).unwrap_or(u32::MAX);
         stats
     }
 
@@ -781,9 +769,7 @@ impl<
         // lowest id.
         let release = self
             .live
-            .iter()
-            .map(|live| live.at)
-            .min_by_key(|at| at.sequence)
+            .oldest_at()
             .filter(|oldest| oldest.sequence < appended.sequence)
             .unwrap_or(appended);
         self.staged = true;

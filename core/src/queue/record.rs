@@ -11,7 +11,7 @@
 use heapless::{String, Vec};
 use serde::{Deserialize, Serialize};
 
-use super::{Live, MessageId, ProducerState, State, NAME_MAX};
+use super::{Index, Live, MessageId, ProducerState, State, NAME_MAX};
 use crate::log::{self, Appended, ReplayError};
 
 /// Kind of a frame holding one stored message ([`SendRecord`]).
@@ -70,7 +70,7 @@ pub(crate) fn decode_exact<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Option<T>
 /// producer table of the last checkpoint updated by the SENDs after it.
 #[derive(Debug)]
 pub(crate) struct Replayed<const MESSAGES: usize, const QUEUES: usize, const PRODUCERS: usize> {
-    pub live: Vec<Live, MESSAGES>,
+    pub live: Index<MESSAGES, QUEUES>,
     pub names: Vec<String<NAME_MAX>, QUEUES>,
     pub producers: Vec<ProducerState, PRODUCERS>,
     pub next_id: u64,
@@ -81,7 +81,7 @@ impl<const MESSAGES: usize, const QUEUES: usize, const PRODUCERS: usize>
 {
     pub fn new() -> Self {
         Self {
-            live: Vec::new(),
+            live: Index::new(),
             names: Vec::new(),
             producers: Vec::new(),
             next_id: 1,
@@ -104,7 +104,7 @@ impl<const MESSAGES: usize, const QUEUES: usize, const PRODUCERS: usize>
             KIND_DELIVERED => {
                 let id: u64 = decode_exact(entry.payload).ok_or(bad)?;
                 // A DELIVERED whose SEND was released (or replayed twice) removes nothing.
-                if let Ok(index) = self.live.binary_search_by_key(&id, |live| live.id.0) {
+                if let Some(index) = self.live.find(MessageId(id)) {
                     self.live.remove(index);
                 }
                 Ok(())
@@ -131,17 +131,12 @@ impl<const MESSAGES: usize, const QUEUES: usize, const PRODUCERS: usize>
             record.id,
         );
         self.next_id = self.next_id.max(record.id.checked_add(1)?);
-        let index = match self.live.binary_search_by_key(&record.id, |live| live.id.0) {
-            Ok(index) => {
-                // A relocated copy (or one yielded again before a release became durable):
-                // the later copy is the message's position.
-                if let Some(live) = self.live.get_mut(index) {
-                    live.at = at;
-                }
-                return Some(());
-            }
-            Err(index) => index,
-        };
+        if let Some(index) = self.live.find(MessageId(record.id)) {
+            // A relocated copy (or one yielded again before a release became durable): the
+            // later copy is the message's position.
+            self.live.set_at(index, at);
+            return Some(());
+        }
         let queue = super::queue_slot(&mut self.names, &self.live, record.queue)?;
         let live = Live {
             id: MessageId(record.id),
@@ -150,6 +145,6 @@ impl<const MESSAGES: usize, const QUEUES: usize, const PRODUCERS: usize>
             state: State::Pending,
             attempts: 0,
         };
-        self.live.insert(index, live).ok()
+        self.live.insert(live).ok()
     }
 }

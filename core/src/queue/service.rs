@@ -207,11 +207,7 @@ impl<
                 && recent.request == request
         })?;
         self.expire(now);
-        let index = self
-            .live
-            .binary_search_by_key(&recent.id, |live| live.id.0)
-            .ok()?;
-        let live = self.live[index];
+        let live = self.live.get(MessageId(recent.id))?;
         match live.state {
             State::Leased { token, .. } if token == recent.token => Some(Answer::Delivery {
                 id: live.id.0,
@@ -244,11 +240,10 @@ impl<
             };
         }
         self.expire(now);
-        let Some(index) = self.next_pending(queue) else {
+        let Some((index, live)) = self.next_pending(queue) else {
             return Answer::Empty;
         };
-        let at = self.live[index].at.position;
-        let id = self.live[index].id.0;
+        let (at, id) = (live.at.position, live.id.0);
         match self.lease(index, now, lease) {
             Some((token, attempt)) => {
                 if self.recent.is_full() {

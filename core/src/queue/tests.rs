@@ -728,7 +728,7 @@ proptest! {
                     queue = crash_and_reopen(queue, incarnation);
                     // Staged records may survive (a read hands the batch to the storage, which
                     // has no crash model): committed ones must.
-                    let live: BTreeSet<u64> = queue.live.iter().map(|live| live.id.0).collect();
+                    let live: BTreeSet<u64> = { queue.live.check(); queue.live.iter().map(|live| live.id.0).collect() };
                     for id in durable.iter().filter(|id| !staged_acks.contains(id)) {
                         prop_assert!(live.contains(id), "committed message {} lost", id);
                     }
@@ -916,4 +916,195 @@ fn power_cuts_landing_any_unsynced_write_keep_pinned_messages_producers_and_ids(
         "the pinned message was relocated"
     );
     assert!(checked > 0);
+}
+
+/// One step of [`the_queue_matches_a_model`].
+#[derive(Debug, Clone)]
+enum Step {
+    Send(usize),
+    Receive(usize),
+    /// Ack the n-th message ever delivered, with the token of that delivery.
+    Ack(usize),
+    /// Extend the n-th delivery's lease by this many seconds.
+    Extend(usize, u64),
+    /// Let this many seconds pass.
+    Wait(u64),
+    Commit,
+    Crash,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0usize..3).prop_map(Step::Send),
+        4 => (0usize..3).prop_map(Step::Receive),
+        4 => (0usize..64).prop_map(Step::Ack),
+        1 => (0usize..64, 0u64..30).prop_map(|(n, s)| Step::Extend(n, s)),
+        2 => (0u64..12).prop_map(Step::Wait),
+        2 => Just(Step::Commit),
+        1 => Just(Step::Crash),
+    ]
+}
+
+/// What the model knows of a live message.
+#[derive(Debug, Clone, Copy)]
+struct Modelled {
+    queue: usize,
+    sequence: u64,
+    /// `(until, token)` of its lease.
+    lease: Option<(Instant, u64)>,
+    attempts: u32,
+}
+
+const NAMES: [&str; 3] = ["a", "b", "c"];
+
+proptest! {
+    /// Random sends on three queues, receives, acks and extends with current and stale tokens,
+    /// lease expiry, commits and crashes, against a sorted map: receive hands out the lowest
+    /// PENDING id of the queue, ids grow, acks and extends are refused exactly when the model
+    /// says, the counts match, and a reopen keeps every committed message.
+    #[test]
+    fn the_queue_matches_a_model(steps in proptest::collection::vec(step(), 1..250)) {
+        let mut queue = fresh();
+        let mut model: std::collections::BTreeMap<u64, Modelled> = Default::default();
+        let mut durable: BTreeSet<u64> = BTreeSet::new();
+        let (mut staged_sends, mut staged_acks) = (BTreeSet::new(), BTreeSet::new());
+        let mut deliveries: HeapVec<Delivery> = HeapVec::new();
+        let (mut sequence, mut incarnation, mut seconds) = (0u64, 1u32, 0u64);
+        // The highest id handed out since the last reopen, and the highest committed.
+        let (mut highest, mut highest_committed) = (0u64, 0u64);
+        for step in steps {
+            let now = at(seconds);
+            // Leases that ended by now are PENDING again.
+            for message in model.values_mut() {
+                if message.lease.is_some_and(|(until, _)| until <= now) {
+                    message.lease = None;
+                }
+            }
+            match step {
+                Step::Send(name) => {
+                    sequence += 1;
+                    match queue.send(now, NAMES[name], 1, sequence, &sequence.to_le_bytes()) {
+                        Ok(id) => {
+                            prop_assert!(id.0 > highest, "id {} after {}", id.0, highest);
+                            prop_assert!(model.len() < 16);
+                            highest = id.0;
+                            model.insert(id.0, Modelled { queue: name, sequence, lease: None, attempts: 0 });
+                            staged_sends.insert(id.0);
+                        }
+                        Err(SendError::Full) => prop_assert_eq!(model.len(), 16),
+                        Err(SendError::StorageFull) => {}
+                        Err(other) => prop_assert!(false, "send failed: {:?}", other),
+                    }
+                }
+                Step::Receive(name) => {
+                    let expected = model
+                        .iter()
+                        .find(|(_, m)| m.queue == name && m.lease.is_none())
+                        .map(|(&id, _)| id);
+                    let got = receive(&mut queue, now, NAMES[name]);
+                    prop_assert_eq!(got.as_ref().map(|(d, _)| d.id.0), expected);
+                    if let Some((delivery, payload)) = got {
+                        let message = model.get_mut(&delivery.id.0).unwrap();
+                        message.attempts += 1;
+                        message.lease = Some((now.saturating_add(LEASE), delivery.token));
+                        prop_assert_eq!(delivery.attempt, message.attempts);
+                        prop_assert_eq!(delivery.sequence, message.sequence);
+                        prop_assert_eq!(payload, message.sequence.to_le_bytes().to_vec());
+                        deliveries.push(delivery);
+                    }
+                }
+                Step::Ack(n) => {
+                    let Some(delivery) = deliveries.get(n % deliveries.len().max(1)).copied() else {
+                        continue;
+                    };
+                    let result = queue.ack(now, delivery.id, delivery.token);
+                    match model.get(&delivery.id.0) {
+                        None => prop_assert_eq!(result, Err(AckError::NotLive)),
+                        Some(m) if m.lease.is_some_and(|(_, token)| token == delivery.token) => {
+                            match result {
+                                Ok(()) => {
+                                    model.remove(&delivery.id.0);
+                                    staged_acks.insert(delivery.id.0);
+                                }
+                                Err(AckError::Append(AppendError::Full)) => {}
+                                Err(other) => prop_assert!(false, "ack failed: {:?}", other),
+                            }
+                        }
+                        Some(_) => prop_assert_eq!(result, Err(AckError::StaleDelivery)),
+                    }
+                }
+                Step::Extend(n, extra) => {
+                    let Some(delivery) = deliveries.get(n % deliveries.len().max(1)).copied() else {
+                        continue;
+                    };
+                    let lease = Duration::from_secs(extra);
+                    let result = queue.extend(now, delivery.id, delivery.token, lease);
+                    match model.get_mut(&delivery.id.0) {
+                        None => prop_assert_eq!(result, Err(AckError::NotLive)),
+                        Some(m) if m.lease.is_some_and(|(_, token)| token == delivery.token) => {
+                            prop_assert_eq!(result, Ok(()));
+                            m.lease = Some((now.saturating_add(lease), delivery.token));
+                        }
+                        Some(_) => prop_assert_eq!(result, Err(AckError::StaleDelivery)),
+                    }
+                }
+                Step::Wait(s) => seconds += s,
+                Step::Commit => {
+                    queue.commit().unwrap();
+                    durable.extend(staged_sends.iter().copied());
+                    highest_committed = highest;
+                    for id in &staged_acks {
+                        durable.remove(id);
+                    }
+                    staged_sends.clear();
+                    staged_acks.clear();
+                }
+                Step::Crash => {
+                    incarnation += 1;
+                    queue = crash_and_reopen(queue, incarnation);
+                    queue.live.check();
+                    // Staged records may survive the crash; committed ones must.
+                    let live: BTreeSet<u64> = queue.live.iter().map(|live| live.id.0).collect();
+                    for id in durable.iter().filter(|id| !staged_acks.contains(*id)) {
+                        prop_assert!(live.contains(id), "committed message {} lost", id);
+                    }
+                    for id in &live {
+                        prop_assert!(durable.contains(id) || staged_sends.contains(id));
+                        prop_assert!(model.contains_key(id) || staged_acks.contains(id));
+                    }
+                    let mut reopened = std::collections::BTreeMap::new();
+                    for id in &live {
+                        let known = model.get(id).copied().unwrap_or_else(|| {
+                            // A staged send that survived the crash.
+                            let m = queue.live.get(MessageId(*id)).unwrap();
+                            let (_, payload) = queue.log.read_ref(m.at.position).unwrap();
+                            let record: SendRecord<'_> = record::decode_exact(payload).unwrap();
+                            Modelled {
+                                queue: NAMES.iter().position(|n| *n == record.queue).unwrap(),
+                                sequence: record.sequence,
+                                lease: None,
+                                attempts: 0,
+                            }
+                        });
+                        reopened.insert(*id, Modelled { lease: None, attempts: 0, ..known });
+                    }
+                    model = reopened;
+                    // Ids of sends lost with the crash may be given again; committed ones not.
+                    highest = live.last().copied().unwrap_or(0).max(highest_committed);
+                    durable = live;
+                    staged_sends.clear();
+                    staged_acks.clear();
+                    deliveries.clear();
+                }
+            }
+            queue.live.check();
+            let stats = queue.stats();
+            prop_assert_eq!(stats.live as usize, model.len());
+            let leased = model.values().filter(|m| m.lease.is_some()).count();
+            // Expiry runs at the queue's next receive, ack or extend: count from its view.
+            prop_assert!(stats.leased as usize >= leased);
+            let ids: HeapVec<u64> = queue.live.iter().map(|live| live.id.0).collect();
+            prop_assert_eq!(ids, model.keys().copied().collect::<HeapVec<_>>());
+        }
+    }
 }
