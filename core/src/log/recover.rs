@@ -477,13 +477,16 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
         let layout = self.reader.layout;
         let live = self.newest - self.start_epoch.min(self.newest) + 1;
         let mut evidence = Evidence::default();
+        // Whether the last slot probed opened erased: then the next one likely does too (the
+        // never-written part of a ring), and its whole probe is read at once.
+        let mut erased_run = false;
         for step in 1..=layout.segments.saturating_sub(live) {
             let Some(epoch) = self.newest.checked_add(step) else {
                 break;
             };
             let start = layout.slot_start(epoch);
             let end = start + layout.segment_size;
-            if !self.may_hold_frames(start, end)? {
+            if !self.may_hold_frames(start, end, &mut erased_run)? {
                 continue;
             }
             let newest = self.newest;
@@ -497,20 +500,39 @@ impl<S: Storage, V, F: FnMut(Entry<'_>) -> Result<(), V>> Walk<'_, S, F> {
 
     /// Whether a slot outside the live range may hold frames of a segment whose header was
     /// lost: its first bytes are damaged or a frame other than a segment header, or they read as
-    /// erased while the bytes where the first frames would follow do not. A slot that opens with
-    /// a valid segment header (a stale one) or is erased where frames would be is passed over
-    /// after one small read.
-    fn may_hold_frames(&mut self, start: u64, end: u64) -> OpenResult<bool, S, V> {
+    /// erased while the bytes where the first frames would follow (one control frame and one
+    /// largest frame from the slot's start) do not. A slot that opens with a valid segment header
+    /// (a stale one) or is erased where frames would be is passed over.
+    ///
+    /// The verdict depends only on the bytes, not on how they are read, so the reads are sized
+    /// to what settles it: a first read of one control frame (a segment header, or enough to see
+    /// that the slot opens erased; `frame_at` reads on when a frame claims to be longer), then,
+    /// for a slot erased at its start, the rest of the probe, up to its first written byte.
+    /// `erased_run` carries whether the previous slot opened erased: then this one is read
+    /// with the whole probe at once, saving a second read per slot in a never-written tail.
+    fn may_hold_frames(
+        &mut self,
+        start: u64,
+        end: u64,
+        erased_run: &mut bool,
+    ) -> OpenResult<bool, S, V> {
         let layout = self.reader.layout;
-        let probe = (layout.control_len + layout.frame_max) as u64;
-        self.reader.set_read_limit(probe as usize);
+        let probe = layout.control_len + layout.frame_max;
+        let probe_end = (start + probe as u64).min(end);
+        let refill = if *erased_run {
+            probe
+        } else {
+            layout.control_len
+        };
+        self.reader.set_read_limit(refill);
         let first = self.reader.frame_at(start, end);
+        *erased_run = matches!(first, Ok(Slot::Erased));
         let verdict = match first {
             Ok(Slot::Valid { header, .. }) => Ok(header.kind != KIND_SEGMENT_HEADER),
             Ok(Slot::Erased) => self
                 .reader
-                .first_free(start, (start + probe).min(end))
-                .map(|free| free != start),
+                .is_erased(start, probe_end)
+                .map(|erased| !erased),
             Ok(Slot::NoRoom) => Ok(false),
             Ok(Slot::Bad(_)) => Ok(true),
             Err(error) => Err(error),
@@ -855,5 +877,112 @@ impl core::fmt::Display for Damage {
             "; {} bytes and {} valid frames after it skipped",
             self.bytes_skipped, self.frames_skipped
         )
+    }
+}
+
+#[cfg(test)]
+// Dropping a log marks where a process would stop; the borrow ends there.
+#[allow(clippy::drop_non_drop)]
+mod tests {
+    use super::*;
+    use crate::log::{Config, Log};
+    use crate::storage::RamStorage;
+    use proptest::prelude::*;
+
+    const SIZE: usize = 4096;
+    const SLOT: usize = 512;
+
+    /// The probe as first written: the whole probe in one read, then a search for written
+    /// bytes in it. The sized reads must decide exactly as this does.
+    fn whole_probe<S: Storage>(reader: &mut Reader<'_, S>, start: u64, end: u64) -> bool {
+        let layout = reader.layout;
+        let probe = (layout.control_len + layout.frame_max) as u64;
+        reader.set_read_limit(probe as usize);
+        let verdict = match reader.frame_at(start, end).unwrap() {
+            Slot::Valid { header, .. } => header.kind != KIND_SEGMENT_HEADER,
+            Slot::Erased => reader.first_free(start, (start + probe).min(end)).unwrap() != start,
+            Slot::NoRoom => false,
+            Slot::Bad(_) => true,
+        };
+        reader.set_read_limit(usize::MAX);
+        verdict
+    }
+
+    /// A log of `frames` synced frames of `len` bytes, in 8 slots of 512 bytes.
+    fn written(frames: u8, len: usize) -> RamStorage<SIZE> {
+        let mut storage = RamStorage::<SIZE>::new(8, SLOT as u32, 0xFF).unwrap();
+        let config = Config {
+            payload_max: 64,
+            ..Config::default()
+        };
+        let (mut log, _) =
+            Log::open(&mut storage, [0u8; 256], config, |_| Ok::<(), ()>(())).unwrap();
+        for byte in 0..frames {
+            if log
+                .append(KIND_USER_MIN, |area| {
+                    area[..len].fill(byte);
+                    Ok(len)
+                })
+                .is_err()
+            {
+                break;
+            }
+            log.sync().unwrap();
+        }
+        drop(log);
+        storage
+    }
+
+    proptest! {
+        #[test]
+        fn sized_probe_reads_decide_as_one_whole_read(
+            frames in 0u8..80,
+            len in 1usize..=64,
+            // Per slot: bytes erased from its start, and bytes set to a value at an offset.
+            damage in prop::collection::vec((0usize..=SLOT, 0usize..SLOT, any::<u8>()), 8),
+            hints in prop::collection::vec(any::<bool>(), 8),
+        ) {
+            let mut storage = written(frames, len);
+            for (slot, &(erased, at, value)) in damage.iter().enumerate() {
+                let bytes = &mut storage.bytes_mut()[slot * SLOT..(slot + 1) * SLOT];
+                bytes[..erased].fill(0xFF);
+                if value != 0xFF {
+                    bytes[at] = value;
+                }
+            }
+            let config = Config {
+                payload_max: 64,
+                ..Config::default()
+            };
+            let layout = Layout::new(storage.geometry(), &config, 256).unwrap();
+            let mut expected = [false; 8];
+            let mut buffer = [0u8; 256];
+            for (slot, verdict) in expected.iter_mut().enumerate() {
+                // A fresh reader per slot: nothing buffered helps the reference.
+                let mut reader = Reader::new(&mut storage, &mut buffer, layout);
+                let start = (slot * SLOT) as u64;
+                *verdict = whole_probe(&mut reader, start, start + SLOT as u64);
+            }
+            // One reader for all slots, as recovery has: what the last slot left buffered and
+            // the read-size hint must not change a verdict.
+            let mut walk = Walk {
+                reader: Reader::new(&mut storage, &mut buffer, layout),
+                visit: |_: Entry<'_>| Ok::<(), ()>(()),
+                policy: Policy::Strict,
+                newest: 0,
+                report: Recovery::default(),
+                expected: None,
+                max_sequence: 0,
+                walked: None,
+                start_epoch: 0,
+                closed: false,
+            };
+            for (slot, &hint) in hints.iter().enumerate() {
+                let start = (slot * SLOT) as u64;
+                let mut erased_run = hint;
+                let verdict = walk.may_hold_frames(start, start + SLOT as u64, &mut erased_run);
+                prop_assert_eq!(verdict.ok(), Some(expected[slot]), "slot {}", slot);
+            }
+        }
     }
 }

@@ -424,3 +424,179 @@ fn a_crash_with_every_segment_live_and_the_newest_nearly_full_still_lets_a_relea
         "the released log starts at the last frame"
     );
 }
+
+/// A storage that counts the bytes and calls of reads.
+struct CountingReads<'a, S> {
+    inner: &'a mut S,
+    bytes: u64,
+    reads: u64,
+}
+
+impl<S: Storage> Storage for CountingReads<'_, S> {
+    type Error = S::Error;
+
+    fn geometry(&self) -> crate::storage::Geometry {
+        self.inner.geometry()
+    }
+
+    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error> {
+        self.bytes += buf.len() as u64;
+        self.reads += 1;
+        self.inner.read(offset, buf)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Self::Error> {
+        self.inner.write(offset, data)
+    }
+
+    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
+        self.inner.erase(offset, len)
+    }
+
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn recovery_reads_a_stale_slot_outside_the_live_range_by_its_header_only() {
+    // 64 slots of 1 KiB, frames of up to 512 bytes: probing a slot with the whole span where a
+    // segment's first frames would be (one control frame and one largest frame) costs far more
+    // than reading its header.
+    const BIG: usize = 64 * 1024;
+    const BUFFER: usize = 1024;
+    let mut storage = RamStorage::<BIG>::new(8, 1024, 0xFF).unwrap();
+    let config = Config {
+        segment_size: 0,
+        payload_max: 512,
+        policy: Policy::Strict,
+    };
+    let nothing = |_: Entry<'_>| Ok::<(), ()>(());
+    let (mut log, _) = Log::open(&mut storage, [0u8; BUFFER], config, nothing).unwrap();
+    // Wrap the ring a few times, releasing as we go: every slot but the live ones ends up
+    // holding a stale segment that opens with a valid header.
+    let mut last = None;
+    for byte in 0..3000u32 {
+        let appended = log
+            .append(KIND_USER_MIN, |area| {
+                area[..20].fill(byte as u8);
+                Ok(20)
+            })
+            .unwrap();
+        log.sync().unwrap();
+        log.release_before(appended).unwrap();
+        last = Some(appended);
+    }
+    assert!(last.unwrap().position.epoch > 2 * log.segments());
+    log.close().unwrap();
+
+    let mut counting = CountingReads {
+        inner: &mut storage,
+        bytes: 0,
+        reads: 0,
+    };
+    let mut yielded = None;
+    let (log, recovery) = Log::open(&mut counting, [0u8; BUFFER], config, |entry| {
+        yielded = Some(entry.payload[0]);
+        Ok::<(), ()>(())
+    })
+    .unwrap();
+    assert!(recovery.is_clean(), "{recovery:?}");
+    assert!(recovery.appends_in_place);
+    assert_eq!(yielded, Some(2999u32 as u8));
+    let layout = log.layout;
+    let live = log.newest_epoch - log.start.epoch + 1;
+    let outside = u64::from(layout.segments - live);
+    drop(log);
+    let segments = u64::from(layout.segments);
+    assert!(
+        outside >= segments - 2,
+        "{outside} slots outside the live range"
+    );
+    let header_pass = segments * layout.control_len as u64;
+    let probe = (layout.control_len + layout.frame_max) as u64;
+    // Probing every outside slot (but one, which the walk's last read may already hold) with
+    // the whole probe on top of the header pass: what recovery read before it sized its reads.
+    let whole_probes = header_pass + (outside - 1) * probe;
+    assert!(
+        counting.bytes < whole_probes,
+        "recovery read {} bytes in {} reads; whole probes alone read {whole_probes}",
+        counting.bytes,
+        counting.reads
+    );
+    // What it needs: the header pass, one header per outside slot, and the live segments, each
+    // read whole plus at most one buffer-sized read reaching past its end.
+    let walk = u64::from(live) * (layout.segment_size + BUFFER as u64);
+    let needed = header_pass + outside * layout.control_len as u64 + walk;
+    assert!(
+        counting.bytes <= needed,
+        "read {} > {needed}",
+        counting.bytes
+    );
+}
+
+/// Writes frames, synced one by one, until the newest segment holds four, then erases its slot
+/// from the start up to `erased_to`, writes a zero byte at `marker_at` (both relative to the
+/// slot's start) and reopens. Returns what recovery found, the probe's length (one control
+/// frame and one largest frame) and where the erased segment's first frame was.
+fn reopen_with_newest_start_erased(
+    erased_to: impl Fn(u64, u64) -> u64,
+    marker_at: impl Fn(u64) -> Option<u64>,
+) -> (Recovery, u64, u32) {
+    let mut storage = ram(8);
+    let (mut log, ..) = open(&mut storage, Policy::Strict);
+    let layout = log.layout;
+    let probe = (layout.control_len + layout.frame_max) as u64;
+    let mut first = append(&mut log, 0);
+    let mut in_segment = 1;
+    for byte in 1.. {
+        let appended = append(&mut log, byte);
+        log.sync().unwrap();
+        if appended.position.epoch != first.position.epoch {
+            (first, in_segment) = (appended, 0);
+        }
+        in_segment += 1;
+        if appended.position.epoch >= 3 && in_segment == 4 {
+            break;
+        }
+    }
+    drop(log);
+    let epoch = first.position.epoch;
+    let slot = layout.slot_start(epoch);
+    let first_frame = first.position.offset - slot;
+    assert!(first_frame <= layout.control_len as u64);
+    let bytes = storage.bytes_mut();
+    let erased_to = erased_to(first_frame, probe);
+    bytes[slot as usize..(slot + erased_to) as usize].fill(0xFF);
+    if let Some(at) = marker_at(probe) {
+        bytes[(slot + at) as usize] = 0;
+    }
+    let (_, recovery, ..) = open(&mut storage, Policy::StopAtCorruption);
+    (recovery, probe, epoch)
+}
+
+#[test]
+fn a_newest_header_that_reads_erased_is_found_by_the_bytes_where_its_first_frames_are() {
+    // The header frame erased: its first frame still shows, and its synced frames prove the
+    // loss.
+    let (recovery, _, epoch) = reopen_with_newest_start_erased(|first, _| first, |_| None);
+    let corruption = recovery
+        .corruption
+        .expect("lost synced frames are reported");
+    assert_eq!(corruption.cause, DamageCause::MissingSegment);
+    assert_eq!(corruption.position.epoch, epoch);
+    // Erased over the whole probe: the slot is passed over (SPEC 4.6, step 4), even though
+    // frames follow further on.
+    let (recovery, probe, _) = reopen_with_newest_start_erased(|_, probe| probe, |_| None);
+    assert!(probe < 512 - 48, "frames remain after the probe");
+    assert!(recovery.is_clean(), "{recovery:?}");
+    // One written byte at the probe's last byte, past the first read: searched, and found.
+    let (recovery, ..) = reopen_with_newest_start_erased(|_, probe| probe, |probe| Some(probe - 1));
+    let corruption = recovery
+        .corruption
+        .expect("lost synced frames are reported");
+    assert_eq!(corruption.position.epoch, epoch);
+    // The same byte just after the probe: passed over.
+    let (recovery, ..) = reopen_with_newest_start_erased(|_, probe| probe, Some);
+    assert!(recovery.is_clean(), "{recovery:?}");
+}

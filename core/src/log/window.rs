@@ -141,6 +141,33 @@ impl<'a, S: Storage> Reader<'a, S> {
         })
     }
 
+    /// Whether every byte in `[offset, end)` holds the erased value. Checks what the buffer
+    /// already holds first and stops at the first written byte, so it reads only the bytes
+    /// that are not buffered yet and up to where the answer is known. `offset` is
+    /// read-size-aligned.
+    pub fn is_erased(&mut self, mut offset: u64, end: u64) -> Result<bool, S::Error> {
+        let erased = self.layout.geometry.erased_value;
+        let read_size = self.layout.geometry.read_size as usize;
+        let usable = self.buffer.len() / read_size * read_size;
+        while offset < end {
+            let window_end = self.window.start + self.window.len as u64;
+            if offset < self.window.start || offset >= window_end {
+                let chunk = usable.min((end - offset) as usize);
+                if !self.ensure(offset, chunk, end)? {
+                    break;
+                }
+            }
+            let range = self.bytes_at(offset);
+            let len = range.len().min((end - offset) as usize);
+            let bytes = &self.buffer[range.start..range.start + len];
+            if bytes.iter().any(|&byte| byte != erased) {
+                return Ok(false);
+            }
+            offset += len as u64;
+        }
+        Ok(true)
+    }
+
     /// The first write-aligned offset in `[offset, end]` from which every byte up to `end` holds
     /// the erased value: where fresh space begins after whatever was written.
     pub fn first_free(&mut self, mut offset: u64, end: u64) -> Result<u64, S::Error> {
