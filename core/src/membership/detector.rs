@@ -115,5 +115,7 @@ pub fn retransmits(mult: u32, members: usize) -> u8 {
         power = power.saturating_mul(10);
         digits += 1;
     }
-    u8::try_from(mult.saturating_mul(digits.max(1))).unwrap_or(u8::MAX).max(1)
+    u8::try_from(mult.saturating_mul(digits.max(1)))
+        .unwrap_or(u8::MAX)
+        .max(1)
 }

@@ -86,8 +86,8 @@ mod tests;
 pub use detector::{log10, log2, retransmits, suspicion_timeout, Arrivals, ARRIVALS};
 pub use message::{
     finish, put, put_entry, walk, Address, DigestItem, Group, Head, Item, Malformed, Message,
-    State, Update, DIGEST_ITEMS_MAX, DIGEST_ITEM_LEN_MAX, GROUPS_MAX, HEAD_LEN_MAX,
-    UPDATES_MAX, UPDATE_LEN_MAX,
+    State, Update, DIGEST_ITEMS_MAX, DIGEST_ITEM_LEN_MAX, GROUPS_MAX, HEAD_LEN_MAX, UPDATES_MAX,
+    UPDATE_LEN_MAX,
 };
 
 use core::time::Duration;
@@ -355,6 +355,9 @@ pub struct Stats {
     pub capacity_refusals: u64,
     /// Messages dropped because a queue was full.
     pub queue_full: u64,
+    /// Messages dropped because they could not be encoded into the buffer given (smaller than
+    /// a head and one item).
+    pub unencodable: u64,
     /// Events dropped because nobody polled them.
     pub events_dropped: u64,
     /// Times the timers found this node had stalled.
@@ -404,12 +407,28 @@ struct Relay {
 /// A small message to send, encoded when polled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Outgoing {
-    Ping { to: SocketAddr, seq: u32 },
-    Ack { to: SocketAddr, seq: u32 },
-    PingReq { to: SocketAddr, seq: u32, target: NodeId, addr: SocketAddr },
-    Nack { to: SocketAddr, seq: u32 },
+    Ping {
+        to: SocketAddr,
+        seq: u32,
+    },
+    Ack {
+        to: SocketAddr,
+        seq: u32,
+    },
+    PingReq {
+        to: SocketAddr,
+        seq: u32,
+        target: NodeId,
+        addr: SocketAddr,
+    },
+    Nack {
+        to: SocketAddr,
+        seq: u32,
+    },
     /// A digest of the next window of the table, asking for a reply.
-    Digest { to: SocketAddr },
+    Digest {
+        to: SocketAddr,
+    },
 }
 
 /// A push-pull answer: a delta for the items (the asker's view), or a digest of them (what

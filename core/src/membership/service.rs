@@ -57,7 +57,10 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
         // the slow one.
         let missing_nacks = probe.nacks < probe.nacks_expected;
         let penalty = 1 + u8::from(missing_nacks);
-        self.health = self.health.saturating_add(penalty).min(self.config.health_max);
+        self.health = self
+            .health
+            .saturating_add(penalty)
+            .min(self.config.health_max);
         if let Some(index) = self.index_of(probe.node) {
             self.suspect(now, index);
         }
@@ -271,7 +274,10 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
         now: Instant,
         from: NodeId,
         payload: &[u8],
-    ) -> (Vec<DigestItem, DIGEST_ITEMS_MAX>, Vec<DigestItem, DIGEST_ITEMS_MAX>) {
+    ) -> (
+        Vec<DigestItem, DIGEST_ITEMS_MAX>,
+        Vec<DigestItem, DIGEST_ITEMS_MAX>,
+    ) {
         let mut wants = Vec::new();
         let mut lacks = Vec::new();
         let mut group = None;
@@ -349,7 +355,13 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
 impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KEYS, VALUE_MAX> {
     /// Piggybacks records waiting for dissemination, this node's first, then round-robin over
     /// the table, while they fit before `limit`. Returns the new end and update count.
-    fn put_updates(&mut self, buffer: &mut [u8], at: usize, limit: usize, count: u8) -> (usize, u8) {
+    fn put_updates(
+        &mut self,
+        buffer: &mut [u8],
+        at: usize,
+        limit: usize,
+        count: u8,
+    ) -> (usize, u8) {
         let (mut at, mut count) = (at, count);
         if self.own.transmits > 0 && usize::from(count) < UPDATES_MAX {
             if let Some(end) = put(&self.own.update(), buffer, at, limit) {
@@ -383,7 +395,13 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
         self.seal(message, updates, buffer, end)
     }
 
-    fn seal(&mut self, message: Message, updates: u8, buffer: &mut [u8], end: usize) -> Option<usize> {
+    fn seal(
+        &mut self,
+        message: Message,
+        updates: u8,
+        buffer: &mut [u8],
+        end: usize,
+    ) -> Option<usize> {
         let head = Head {
             incarnation: self.own.incarnation,
             message,
@@ -441,9 +459,10 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
     /// room, so membership traffic never starves application state.
     fn encode_delta(&mut self, items: &[DigestItem], buffer: &mut [u8]) -> Option<usize> {
         let limit = buffer.len();
-        let groups_wait = items
-            .iter()
-            .any(|item| self.member(item.node).is_some_and(|m| m.version > item.version));
+        let groups_wait = items.iter().any(|item| {
+            self.member(item.node)
+                .is_some_and(|m| m.version > item.version)
+        });
         let update_limit = match groups_wait {
             true => HEAD_LEN_MAX + (limit.saturating_sub(HEAD_LEN_MAX)) / 2,
             false => limit,
@@ -473,7 +492,13 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
     }
 
     /// The entries of `item`'s node above `item.version`, in version order, as many as fit.
-    fn put_group(&self, item: &DigestItem, buffer: &mut [u8], at: usize, limit: usize) -> Option<usize> {
+    fn put_group(
+        &self,
+        item: &DigestItem,
+        buffer: &mut [u8],
+        at: usize,
+        limit: usize,
+    ) -> Option<usize> {
         let member = self.member(item.node)?;
         if member.version <= item.version {
             return None;
@@ -607,7 +632,7 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Service
                 self.stats.bytes_sent += transmit.len as u64;
                 return Some(transmit);
             }
-            self.stats.queue_full += 1;
+            self.stats.unencodable += 1;
         }
         None
     }

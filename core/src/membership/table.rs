@@ -268,7 +268,9 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
         let generation = group.version >> 32;
         if generation > member.version >> 32 {
             // A newer life of the node: the previous life's entries are gone.
-            member.entries.retain(|entry| entry.version >> 32 >= generation);
+            member
+                .entries
+                .retain(|entry| entry.version >> 32 >= generation);
         }
         member.version = group.version;
         Some(index)
@@ -289,7 +291,15 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
                 }
             }
             None => {
-                if member.entries.push(Entry { key, version, value }).is_err() {
+                if member
+                    .entries
+                    .push(Entry {
+                        key,
+                        version,
+                        value,
+                    })
+                    .is_err()
+                {
                     self.stats.malformed += 1;
                 }
             }
