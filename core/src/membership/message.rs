@@ -40,7 +40,8 @@ pub const GROUP_LEN_MAX: usize = 5 + 10 + 10 + 1;
 
 // A full digest always fits the smallest MTU, so a digest never has to be cut mid-window.
 const _: () = assert!(HEAD_LEN_MAX + DIGEST_ITEMS_MAX * DIGEST_ITEM_LEN_MAX <= MTU_MIN);
-const _: () = assert!(UPDATES_MAX <= u8::MAX as usize && GROUPS_MAX <= u8::MAX as usize);
+const _: () = assert!(UPDATES_MAX <= u8::MAX as usize);
+const _: () = assert!(GROUPS_MAX <= u8::MAX as usize);
 
 /// A member's state. The order is the precedence at equal incarnation: a later state overrides
 /// an earlier one (SWIM: suspect overrides alive, dead overrides suspect).
