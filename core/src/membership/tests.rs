@@ -693,3 +693,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+#[cfg(target_pointer_width = "64")]
+fn memory_per_member_is_what_the_module_docs_say() {
+    use core::mem::size_of;
+    let per_key = |value_max: usize| (value_max + 24).div_ceil(8) * 8;
+    assert_eq!(size_of::<Member<0, 0>>(), 184);
+    assert_eq!(size_of::<Member<4, 16>>(), 184 + 4 * per_key(16));
+    assert_eq!(size_of::<Member<8, 32>>(), 184 + 8 * per_key(32));
+    assert!(size_of::<Membership<0, 0, 0>>() <= 6 * 1024);
+}
