@@ -369,22 +369,24 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
                 self.own.transmits -= 1;
             }
         }
+        // Round-robin: the next datagram starts after the last record this one carried.
         let len = self.members.len();
+        let start = self.update_cursor;
         for step in 0..len {
             if usize::from(count) >= UPDATES_MAX {
                 break;
             }
-            let index = (self.update_cursor + step) % len;
+            let index = (start + step) % len;
             let member = &mut self.members[index];
             if member.transmits == 0 {
                 continue;
             }
             let Some(end) = put(&member.update(), buffer, at, limit) else {
-                self.update_cursor = index;
-                return (at, count);
+                break;
             };
             member.transmits -= 1;
             (at, count) = (end, count + 1);
+            self.update_cursor = (index + 1) % len;
         }
         (at, count)
     }

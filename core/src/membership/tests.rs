@@ -44,6 +44,8 @@ struct Net {
     now: Instant,
     rng: SplitMix64,
     mtu: usize,
+    /// Percent of datagrams lost at random.
+    loss_percent: u64,
     /// Directed links that drop everything.
     cut: HeapVec<(usize, usize)>,
     /// Nodes whose process is paused: no timers, datagrams wait in `inbox`.
@@ -62,6 +64,7 @@ impl Net {
             now: Instant::ZERO,
             rng: SplitMix64::new(count as u64 * 7919 + mtu as u64),
             mtu,
+            loss_percent: 0,
             cut: HeapVec::new(),
             stalled: vec![false; count],
             inbox: vec![HeapVec::new(); count],
@@ -186,7 +189,8 @@ impl Net {
     }
 
     fn deliver(&mut self, from: usize, to: usize, bytes: HeapVec<u8>) {
-        if self.cut.contains(&(from, to)) || self.nodes[to].is_none() {
+        let lost = self.loss_percent > 0 && self.rng.below(100) < self.loss_percent;
+        if lost || self.cut.contains(&(from, to)) || self.nodes[to].is_none() {
             return;
         }
         if self.stalled[to] {
@@ -352,6 +356,26 @@ fn indirect_probes_save_a_node_whose_direct_link_is_cut() {
         .flatten()
         .any(|e| matches!(e, Event::Suspected { .. }));
     assert!(!suspected, "no node was ever suspected");
+}
+
+#[test]
+fn ten_percent_loss_declares_no_live_node_dead() {
+    let mut net = Net::new(8, MTU_DEFAULT, config());
+    assert!(net.run_until(Duration::from_secs(3), Net::all_alive));
+    net.loss_percent = 10;
+    net.run(Duration::from_secs(30));
+    net.loss_percent = 0;
+    assert!(net.run_until(Duration::from_secs(5), Net::all_alive));
+    let dead = net
+        .events
+        .iter()
+        .flatten()
+        .filter(|e| matches!(e, Event::Dead { .. }))
+        .count();
+    let suspected: u64 = (0..8).map(|i| net.node(i).stats().suspicions).sum();
+    let refuted: u64 = (0..8).map(|i| net.node(i).stats().refutations).sum();
+    std::eprintln!("loss: {suspected} suspicions, {refuted} refutations, {dead} deaths");
+    assert_eq!(dead, 0, "every suspicion was refuted in time");
 }
 
 #[test]
