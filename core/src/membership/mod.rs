@@ -60,7 +60,7 @@
 //! - The table never holds two records of one node id; memory is fixed by `N`, `KEYS` and
 //!   `VALUE_MAX`. On a 64-bit host a member (`Member<KEYS, VALUE_MAX>`) is 184 bytes plus
 //!   `VALUE_MAX + 24` rounded up to 8 per key (344 bytes for 4 keys of 16 bytes), and the
-//!   service adds at most 6 KiB of queues and own state; the member's fixed part is its
+//!   service adds at most 8 KiB of queues and own state; the member's fixed part is its
 //!   address (32), the phi window (16 × u32 and an instant), four suspicion confirmers and the
 //!   state fields. A unit test checks these figures.
 //! - Bad input is dropped and counted, never a panic; only the caller's time and randomness
@@ -110,7 +110,7 @@ const RELAYS: usize = 8;
 /// Small messages (pings, acks, window digests) waiting to be sent.
 const OUTBOX: usize = 32;
 /// Push-pull answers waiting to be sent (each holds a digest's worth of items).
-const REQUESTS: usize = 4;
+const REQUESTS: usize = 8;
 /// Events kept until polled; more are dropped and counted.
 const EVENTS: usize = 32;
 
