@@ -21,6 +21,8 @@
 //! - [`dcounter`] — the distributed counter (G-Counter gossip, durable increments);
 //! - [`jobs`] — the job scheduler: jobs and their transitions in a log, leases with fencing
 //!   tokens, retries with backoff, a dead-letter state;
+//! - [`membership`] — SWIM failure detection with Lifeguard, dissemination, and push-pull
+//!   gossip of per-node versioned application state within the MTU;
 //! - [`queue`] — reliable message delivery: named queues, idempotent producers, delivery
 //!   leases, durable acks, and an idempotent-consumer helper.
 #![no_std]
@@ -39,6 +41,7 @@ pub mod driver;
 pub mod frame;
 pub mod jobs;
 pub mod log;
+pub mod membership;
 pub mod net;
 pub mod queue;
 pub mod rlog;

@@ -28,6 +28,8 @@ pub mod kind {
     pub const QUEUE: u8 = 3;
     /// The job scheduler (client and worker requests).
     pub const JOBS: u8 = 4;
+    /// Membership: SWIM probes, dissemination and push-pull of application state.
+    pub const MEMBERSHIP: u8 = 5;
 }
 
 /// The sender of a message, as the wire envelope authenticated it.

@@ -1,0 +1,308 @@
+//! The member table's merge rules: records, suspicions, refutations and application entries.
+
+use super::{
+    suspicion_timeout, DigestItem, Entry, Event, Group, Member, Membership, State, Update,
+    CONFIRMATIONS_MAX,
+};
+use crate::crdt::NodeId;
+use crate::net::SocketAddr;
+use crate::time::Instant;
+
+use heapless::Vec;
+
+impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KEYS, VALUE_MAX> {
+    /// A message from `node` at `incarnation` arrived: direct evidence that it is alive there.
+    pub(super) fn heard_from(
+        &mut self,
+        now: Instant,
+        node: NodeId,
+        addr: SocketAddr,
+        incarnation: u32,
+    ) {
+        let update = Update {
+            node,
+            incarnation,
+            state: State::Alive,
+            address: addr.into(),
+        };
+        self.apply_update(now, node, update);
+        let floor_ms = (self.config.probe_interval.as_millis() as u64 / 8).max(1);
+        let retransmits = self.retransmits();
+        let Some(index) = self.index_of(node) else {
+            return;
+        };
+        let member = &mut self.members[index];
+        member.arrivals.record(now.as_micros() / 1000, floor_ms);
+        // The sender does not know what we hold against it (it would have refuted): spread our
+        // record again, so the next datagram it gets from us tells it.
+        if member.precedence() > (incarnation, State::Alive) && member.transmits == 0 {
+            member.transmits = retransmits;
+        }
+    }
+
+    /// Merges one disseminated record, received from `sender`.
+    pub(super) fn apply_update(&mut self, now: Instant, sender: NodeId, update: Update) {
+        if update.node == self.own.node {
+            self.about_self(update.incarnation, update.state);
+            return;
+        }
+        let Some(index) = self.index_of(update.node) else {
+            self.insert(now, update);
+            return;
+        };
+        let current = self.members[index].precedence();
+        let incoming = (update.incarnation, update.state);
+        if incoming > current {
+            self.transition(now, index, update, sender);
+        } else if incoming == current && update.state == State::Suspect {
+            self.confirm(index, sender);
+        }
+    }
+
+    /// Someone says this node is suspect, dead or left: refute with a higher incarnation.
+    fn about_self(&mut self, incarnation: u32, state: State) {
+        let accused = state != State::Alive && incarnation >= self.own.incarnation;
+        if !accused || self.own.state == State::Left {
+            return;
+        }
+        self.own.incarnation = incarnation.saturating_add(1);
+        self.own.transmits = self.retransmits();
+        self.health = self.health.saturating_add(1).min(self.config.health_max);
+        self.stats.refutations += 1;
+        self.emit(Event::IncarnationBumped {
+            incarnation: self.own.incarnation,
+        });
+    }
+
+    fn insert(&mut self, now: Instant, update: Update) {
+        // A tombstone of a node never seen is not worth a slot.
+        if matches!(update.state, State::Dead | State::Left) || update.incarnation == 0 {
+            return;
+        }
+        if self.members.is_full() && !self.evict_tombstone() {
+            self.stats.capacity_refusals += 1;
+            return;
+        }
+        let mut member = Member::new(
+            update.node,
+            update.address.into(),
+            update.incarnation,
+            update.state,
+            now,
+        );
+        member.transmits = self.retransmits();
+        // Room was checked or made above.
+        let _ = self.members.push(member);
+        self.emit(Event::Joined {
+            node: update.node,
+            incarnation: update.incarnation,
+        });
+        if update.state == State::Suspect {
+            self.emit(Event::Suspected {
+                node: update.node,
+                incarnation: update.incarnation,
+            });
+        }
+    }
+
+    /// Removes the oldest tombstone; false when there is none.
+    fn evict_tombstone(&mut self) -> bool {
+        let oldest = (self.members.iter().enumerate())
+            .filter(|(_, member)| member.is_tombstone())
+            .min_by_key(|(_, member)| member.since)
+            .map(|(index, _)| index);
+        match oldest {
+            Some(index) => {
+                self.remove(index);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(super) fn remove(&mut self, index: usize) {
+        let node = self.members.remove(index).node;
+        self.emit(Event::Removed { node });
+    }
+
+    /// Takes a record of higher precedence.
+    fn transition(&mut self, now: Instant, index: usize, update: Update, sender: NodeId) {
+        let retransmits = self.retransmits();
+        let member = &mut self.members[index];
+        let before = member.state;
+        member.incarnation = update.incarnation;
+        member.state = update.state;
+        member.addr = update.address.into();
+        member.transmits = retransmits;
+        if before != update.state {
+            member.since = now;
+        }
+        member.confirmations.clear();
+        if update.state == State::Suspect && sender != self.own.node {
+            // Capacity is at least one.
+            let _ = member.confirmations.push(sender);
+        }
+        self.report(before, update);
+    }
+
+    fn report(&mut self, before: State, update: Update) {
+        let (node, incarnation) = (update.node, update.incarnation);
+        let event = match (before, update.state) {
+            (State::Suspect, State::Alive) => {
+                self.stats.suspicions_refuted += 1;
+                Event::Alive { node, incarnation }
+            }
+            (State::Dead | State::Left, State::Alive) => Event::Joined { node, incarnation },
+            (State::Alive, State::Alive) => return,
+            (State::Suspect, State::Suspect) => return,
+            (_, State::Suspect) => Event::Suspected { node, incarnation },
+            (State::Dead, State::Dead) => return,
+            (_, State::Dead) => Event::Dead { node },
+            (State::Left, State::Left) => return,
+            (_, State::Left) => Event::Left { node },
+        };
+        self.emit(event);
+    }
+
+    fn confirm(&mut self, index: usize, sender: NodeId) {
+        let member = &mut self.members[index];
+        let known = member.confirmations.contains(&sender);
+        if !known && sender != self.own.node && member.confirmations.len() < CONFIRMATIONS_MAX {
+            // Room was checked.
+            let _ = member.confirmations.push(sender);
+        }
+    }
+
+    /// This node's probe of `index` failed: suspect it.
+    pub(super) fn suspect(&mut self, now: Instant, index: usize) {
+        let member = &self.members[index];
+        if member.state != State::Alive {
+            return;
+        }
+        let update = Update {
+            state: State::Suspect,
+            ..member.update()
+        };
+        self.stats.suspicions += 1;
+        let own = self.own.node;
+        self.transition(now, index, update, own);
+    }
+
+    /// When the suspicion of `member` runs out.
+    pub(super) fn suspicion_deadline(&self, member: &Member<KEYS, VALUE_MAX>) -> Instant {
+        let config = &self.config;
+        let needed = usize::from(config.indirect_probes).min(CONFIRMATIONS_MAX);
+        member.since
+            + suspicion_timeout(
+                config.suspicion_mult,
+                config.suspicion_max_mult,
+                self.cluster_size(),
+                config.probe_interval,
+                member.confirmations.len(),
+                needed,
+            )
+    }
+
+    /// Declares dead the suspects whose time ran out, and forgets old tombstones.
+    pub(super) fn expire(&mut self, now: Instant) {
+        let mut index = 0;
+        while index < self.members.len() {
+            let member = &self.members[index];
+            if member.state == State::Suspect && self.suspicion_deadline(member) <= now {
+                let update = Update {
+                    state: State::Dead,
+                    ..member.update()
+                };
+                self.stats.confirmed_dead += 1;
+                let own = self.own.node;
+                self.transition(now, index, update, own);
+            } else if member.is_tombstone() && member.since + self.config.tombstone <= now {
+                self.remove(index);
+                continue;
+            }
+            index += 1;
+        }
+    }
+
+    /// The earliest suspicion or tombstone deadline.
+    pub(super) fn table_deadline(&self) -> Option<Instant> {
+        let deadlines = self.members.iter().filter_map(|member| match member.state {
+            State::Suspect => Some(self.suspicion_deadline(member)),
+            State::Dead | State::Left => Some(member.since + self.config.tombstone),
+            State::Alive => None,
+        });
+        deadlines.min()
+    }
+
+    /// A digest item from a peer: whether the peer wants something from us, and what we lack
+    /// (our own view of the node, to ask with).
+    pub(super) fn compare(&mut self, item: DigestItem) -> (bool, Option<DigestItem>) {
+        if item.node == self.own.node {
+            self.about_self(item.incarnation, item.state);
+        }
+        let Some(ours) = self.member(item.node).map(Member::digest_item) else {
+            let unknown = DigestItem {
+                incarnation: 0,
+                state: State::Alive,
+                version: 0,
+                ..item
+            };
+            return (false, Some(unknown));
+        };
+        let theirs_precedence = (item.incarnation, item.state);
+        let ours_precedence = (ours.incarnation, ours.state);
+        let wants = ours_precedence > theirs_precedence || ours.version > item.version;
+        let lacks = theirs_precedence > ours_precedence || item.version > ours.version;
+        (wants, lacks.then_some(ours))
+    }
+
+    /// Starts applying a group: returns the member's index when its entries apply (the node is
+    /// known, is not this node, and nothing between what we hold and `base` is missing). The
+    /// member's version moves to the group's at once: the datagram was checked whole.
+    pub(super) fn begin_group(&mut self, group: Group) -> Option<usize> {
+        let index = self.index_of(group.node)?;
+        let member = &mut self.members[index];
+        if group.base > member.version || group.version <= member.version {
+            return None;
+        }
+        let generation = group.version >> 32;
+        if generation > member.version >> 32 {
+            // A newer life of the node: the previous life's entries are gone.
+            member
+                .entries
+                .retain(|entry| entry.version >> 32 >= generation);
+        }
+        member.version = group.version;
+        Some(index)
+    }
+
+    /// Applies one entry of the group begun at `index`: the higher version of a key wins.
+    pub(super) fn apply_entry(&mut self, index: usize, key: u8, version: u64, value: &[u8]) {
+        let Ok(value) = Vec::from_slice(value) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        let member = &mut self.members[index];
+        match member.entries.iter_mut().find(|entry| entry.key == key) {
+            Some(entry) => {
+                if entry.version < version {
+                    entry.version = version;
+                    entry.value = value;
+                }
+            }
+            None => {
+                if member
+                    .entries
+                    .push(Entry {
+                        key,
+                        version,
+                        value,
+                    })
+                    .is_err()
+                {
+                    self.stats.malformed += 1;
+                }
+            }
+        }
+    }
+}
