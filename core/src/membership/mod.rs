@@ -39,6 +39,12 @@
 //!   version of that node. Versions start at `start_incarnation << 32` so a restarted node's
 //!   versions are above its previous life's, and a receiver drops the previous life's entries
 //!   when the first entry of a new life arrives.
+//! - **Client query.** A client (a sender id with [`CLIENT_ID_BIT`] set) sends
+//!   [`Message::Members`] and gets [`Message::MembersPage`]s listing the table (this node's own
+//!   record included) in node id order, with each member's phi and time since last heard, as
+//!   many records as fit one datagram; it pages with `after`. The answer goes to the asking
+//!   address only; a client never enters the table, and any other message from a client id is
+//!   dropped and counted.
 //! - **Tombstones.** Dead and left records stay for `tombstone` (so a late message of an old
 //!   incarnation cannot resurrect them), then are removed. Each gossip round also sends a digest
 //!   to one random tombstone: a node declared dead across a healed partition then learns it and

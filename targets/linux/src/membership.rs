@@ -29,8 +29,7 @@ use std::time::Duration;
 
 use bedrock::crdt::NodeId;
 use bedrock::membership::{
-    members_request, walk, Config, Event, Item, MemberRecord, Membership, Message, State,
-    SEEDS_MAX,
+    members_request, walk, Config, Event, Item, MemberRecord, Membership, Message, State, SEEDS_MAX,
 };
 use bedrock::rng::Rng;
 use bedrock::service::{kind, Peer, Service, Transmit};
@@ -140,7 +139,10 @@ fn describe(membership: &NodeMembershipCore, event: Event) -> Option<String> {
         let addr = member.map_or("?".to_string(), |member| member.addr().to_string());
         let incarnation = incarnation.or(member.map(|member| member.incarnation()));
         let incarnation = incarnation.map_or("?".to_string(), |value| value.to_string());
-        format!("node {} at {addr} {what} (incarnation {incarnation})", node.0)
+        format!(
+            "node {} at {addr} {what} (incarnation {incarnation})",
+            node.0
+        )
     };
     Some(match event {
         Event::Joined { node, incarnation } => about(node, "joined", Some(incarnation)),
@@ -201,7 +203,10 @@ fn decode_page(payload: &[u8], id: u64) -> Option<Page> {
     .ok()?;
     match head.message {
         Message::MembersPage {
-            request, node, more, ..
+            request,
+            node,
+            more,
+            ..
         } if request == id => Some(Page {
             node,
             records,

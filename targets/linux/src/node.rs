@@ -622,8 +622,7 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
     let scheduler = open_jobs(&options, jobs_storage)?;
     let mut event_loop = EventLoop::new(Driver::new(wire), socket, seed);
     // Kept on the heap while the loop runs: the services' fixed tables take about 0.7 MB.
-    let mut services: Box<NodeServices> =
-        Box::new((counter, replica, queue, scheduler, members));
+    let mut services: Box<NodeServices> = Box::new((counter, replica, queue, scheduler, members));
     start_line(&options, incarnation, &services);
     let result = event_loop
         .run(&mut *services, &stop)

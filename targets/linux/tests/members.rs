@@ -319,7 +319,10 @@ fn parse(listing: &str, own: u32) -> Vec<Row> {
             }
         })
         .collect();
-    assert!(rows.windows(2).all(|pair| pair[0].id < pair[1].id), "{rows:?}");
+    assert!(
+        rows.windows(2).all(|pair| pair[0].id < pair[1].id),
+        "{rows:?}"
+    );
     for row in &rows {
         assert_eq!(row.heard == "self", row.id == own, "{rows:?}");
         if row.id == own {
@@ -363,7 +366,9 @@ fn five_nodes_detect_a_kill_see_the_restart_and_hear_a_leave() {
 
     // Every node learns every other through node 1.
     let formed = cluster
-        .poll(&everyone, spread_bound(), |_, rows| all_alive(&cluster, rows))
+        .poll(&everyone, spread_bound(), |_, rows| {
+            all_alive(&cluster, rows)
+        })
         .unwrap_or_else(|tables| panic!("no cluster of 5 alive:\n{tables}"));
     let victim = 4; // node 5, not the seed
     let victim_id = cluster.nodes[victim].id;
@@ -380,7 +385,10 @@ fn five_nodes_detect_a_kill_see_the_restart_and_hear_a_leave() {
             row(rows, victim_id).is_some_and(|row| row.state == "dead")
         })
         .unwrap_or_else(|tables| {
-            panic!("node 5 not declared dead by all within {:?}:\n{tables}", dead_bound())
+            panic!(
+                "node 5 not declared dead by all within {:?}:\n{tables}",
+                dead_bound()
+            )
         });
     // Nobody else was declared dead meanwhile, and the silence shows in the victim's phi.
     for &index in &survivors {
@@ -402,6 +410,9 @@ fn five_nodes_detect_a_kill_see_the_restart_and_hear_a_leave() {
         })
         .unwrap_or_else(|tables| panic!("node 5 not alive again everywhere:\n{tables}"));
 
+    let after = cluster.members(0).unwrap();
+    let incarnation_after = row(&after, victim_id).unwrap().incarnation;
+
     // SIGTERM: the node announces that it leaves, and persists the incarnation it left at.
     let leaver = 3; // node 4
     let leaver_id = cluster.nodes[leaver].id;
@@ -420,7 +431,8 @@ fn five_nodes_detect_a_kill_see_the_restart_and_hear_a_leave() {
     check_stderr(&cluster, victim_id, leaver_id);
     println!(
         "formed in {formed:?}; node 5 dead everywhere {detected:?} after SIGKILL (bound \
-         {:?}); alive again in {rejoined:?} (incarnation {incarnation_before} -> higher); node 4's \
+         {:?}); alive again in {rejoined:?} (incarnation {incarnation_before} -> \
+         {incarnation_after}); node 4's \
          leave seen in {left:?}; whole test {:?}",
         dead_bound(),
         started.elapsed()
@@ -458,7 +470,10 @@ fn check_stderr(cluster: &Cluster, victim: u32, leaver: u32) {
         "{leaver_lines:#?}"
     );
     assert!(
-        leaver_lines.last().unwrap().starts_with("node 4 stopping: "),
+        leaver_lines
+            .last()
+            .unwrap()
+            .starts_with("node 4 stopping: "),
         "{leaver_lines:#?}"
     );
 }
