@@ -91,9 +91,10 @@ enum Command {
     /// --node ADDR`, `bedrock queue …`, `bedrock jobs …`), and makes every write durable
     /// (fdatasync, one per service shared by all requests that arrived together) before it
     /// answers. The queue and the jobs are this node's own (not replicated). Logs one line on
-    /// stderr at start and one at stop. Stops cleanly on SIGINT or SIGTERM. The data directory
-    /// holds `counter/`, `log/`, `queue/` (8 MiB each), `jobs/` (16 MiB) and `incarnation`
-    /// (bumped at every start). Every node of a cluster must use the same --mtu and key file.
+    /// stderr at start, one per membership change and one at stop. Stops cleanly on SIGINT or
+    /// SIGTERM. The data directory holds `counter/`, `log/`, `queue/` (8 MiB each), `jobs/`
+    /// (16 MiB) and `incarnation` (bumped at every start, and raised to the membership
+    /// incarnation when membership bumps it). Every node of a cluster must use the same --mtu and key file.
     ///
     /// Membership (SWIM with Lifeguard's refinements) learns the cluster from the seeds (--join
     /// and --peer addresses: one reachable member is enough), probes one member per

@@ -16,7 +16,8 @@
 //! - `log/`: the replicated log's store;
 //! - `queue/`: the message queue's store;
 //! - `jobs/`: the job scheduler's store;
-//! - `incarnation`: the number bumped at every start (see `bedrock_std::incarnation`).
+//! - `incarnation`: the number bumped at every start (see `bedrock_std::incarnation`), and
+//!   raised to the membership incarnation whenever membership bumps it.
 //!
 //! Each store is its own locked [`FileStorage`]. The counter's lock is taken first and guards
 //! the incarnation file too: a second node on the same directory fails at once, with the first
