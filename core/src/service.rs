@@ -101,7 +101,7 @@ impl core::fmt::Display for CommitFailed {
 impl core::error::Error for CommitFailed {}
 
 /// Several services run by one node, dispatched by envelope kind. Implemented for a single
-/// [`Service`] and for tuples of two, three and four, so a driver runs any combination.
+/// [`Service`] and for tuples of two to five, so a driver runs any combination.
 pub trait Services {
     /// Hands an authenticated message to the service of `kind`; false when no service has it.
     fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool;
@@ -246,5 +246,47 @@ impl<A: Services, B: Services, C: Services, D: Services> Services for (A, B, C, 
         let third = self.2.commit();
         let fourth = self.3.commit();
         first.and(second).and(third).and(fourth)
+    }
+}
+
+impl<A: Services, B: Services, C: Services, D: Services, E: Services> Services for (A, B, C, D, E) {
+    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool {
+        self.0.handle_message(now, kind, from, payload)
+            || self.1.handle_message(now, kind, from, payload)
+            || self.2.handle_message(now, kind, from, payload)
+            || self.3.handle_message(now, kind, from, payload)
+            || self.4.handle_message(now, kind, from, payload)
+    }
+
+    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
+        self.0.handle_timeout(now, rng);
+        self.1.handle_timeout(now, rng);
+        self.2.handle_timeout(now, rng);
+        self.3.handle_timeout(now, rng);
+        self.4.handle_timeout(now, rng);
+    }
+
+    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)> {
+        self.0
+            .poll_transmit(now, buffer)
+            .or_else(|| self.1.poll_transmit(now, buffer))
+            .or_else(|| self.2.poll_transmit(now, buffer))
+            .or_else(|| self.3.poll_transmit(now, buffer))
+            .or_else(|| self.4.poll_transmit(now, buffer))
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        let first = earliest(self.0.poll_timeout(), self.1.poll_timeout());
+        let second = earliest(self.2.poll_timeout(), self.3.poll_timeout());
+        earliest(earliest(first, second), self.4.poll_timeout())
+    }
+
+    fn commit(&mut self) -> Result<(), CommitFailed> {
+        let first = self.0.commit();
+        let second = self.1.commit();
+        let third = self.2.commit();
+        let fourth = self.3.commit();
+        let fifth = self.4.commit();
+        first.and(second).and(third).and(fourth).and(fifth)
     }
 }

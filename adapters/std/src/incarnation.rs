@@ -5,9 +5,10 @@
 //! a new incarnation to learn that a node restarted and may have lost what it had not synced.
 //!
 //! Guaranteed: [`bump`] returns a number larger than any it returned before for the same
-//! directory, even across crashes: the new value is written to a temporary file, synced, renamed
-//! over the old one, and the directory is synced before it is returned. A damaged file is an
-//! error, never silently reset (a reset would reuse nonces).
+//! directory, and than any value [`raise_to`] stored there, even across crashes: the new value
+//! is written to a temporary file, synced, renamed over the old one, and the directory is synced
+//! before either returns. A damaged file is an error, never silently reset (a reset would reuse
+//! nonces).
 //!
 //! Not guaranteed: protection against two processes bumping the same directory at once; callers
 //! hold the data directory's lock (a [`crate::FileStorage`] open in it) first.
@@ -22,8 +23,33 @@ pub const INCARNATION_FILE_NAME: &str = "incarnation";
 /// Reads the incarnation stored in `dir` (0 when there is none), stores the next one durably and
 /// returns it.
 pub fn bump(dir: &Path) -> io::Result<u32> {
+    let current = read(dir)?;
+    let next = current.checked_add(1).ok_or_else(|| {
+        io::Error::other("incarnations exhausted: this node id cannot start again")
+    })?;
+    store(dir, next)?;
+    Ok(next)
+}
+
+/// Raises the incarnation stored in `dir` to `value` durably (crash-safe like [`bump`]), so the
+/// next [`bump`] returns more than `value`; returns what is stored afterwards. Nothing is
+/// written when the stored value is `value` or more: the stored number never goes down.
+///
+/// Used when a service raised the node's incarnation while it runs (membership refuting a
+/// suspicion, or leaving).
+pub fn raise_to(dir: &Path, value: u32) -> io::Result<u32> {
+    let current = read(dir)?;
+    if current >= value {
+        return Ok(current);
+    }
+    store(dir, value)?;
+    Ok(value)
+}
+
+/// The stored incarnation, 0 when there is none; a damaged file is an error.
+fn read(dir: &Path) -> io::Result<u32> {
     let path = dir.join(INCARNATION_FILE_NAME);
-    let current = match fs::read_to_string(&path) {
+    match fs::read_to_string(&path) {
         Ok(text) => text.trim().parse::<u32>().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -32,22 +58,24 @@ pub fn bump(dir: &Path) -> io::Result<u32> {
                     path.display()
                 ),
             )
-        })?,
-        Err(error) if error.kind() == io::ErrorKind::NotFound => 0,
-        Err(error) => return Err(error),
-    };
-    let next = current.checked_add(1).ok_or_else(|| {
-        io::Error::other("incarnations exhausted: this node id cannot start again")
-    })?;
+        }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(0),
+        Err(error) => Err(error),
+    }
+}
+
+/// Writes `value` to a temporary file, syncs it, renames it over the incarnation file and syncs
+/// the directory.
+fn store(dir: &Path, value: u32) -> io::Result<()> {
+    let path = dir.join(INCARNATION_FILE_NAME);
     let temporary = dir.join(format!("{INCARNATION_FILE_NAME}.tmp"));
     {
         let mut file = File::create(&temporary)?;
-        writeln!(file, "{next}")?;
+        writeln!(file, "{value}")?;
         file.sync_all()?;
     }
     fs::rename(&temporary, &path)?;
-    File::open(dir)?.sync_all()?;
-    Ok(next)
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -74,5 +102,20 @@ mod tests {
         )
         .unwrap();
         assert!(bump(dir.path()).is_err());
+        assert!(raise_to(dir.path(), 3).is_ok());
+        fs::write(dir.path().join(INCARNATION_FILE_NAME), "garbage").unwrap();
+        let error = raise_to(dir.path(), 3).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn raise_to_only_raises_and_the_next_bump_goes_above() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(raise_to(dir.path(), 5).unwrap(), 5);
+        assert_eq!(raise_to(dir.path(), 3).unwrap(), 5);
+        assert_eq!(bump(dir.path()).unwrap(), 6);
+        assert_eq!(raise_to(dir.path(), 6).unwrap(), 6);
+        assert_eq!(raise_to(dir.path(), 9).unwrap(), 9);
+        assert_eq!(bump(dir.path()).unwrap(), 10);
     }
 }

@@ -45,6 +45,11 @@ impl Arrivals {
         self.last_ms = Some(now_ms);
     }
 
+    /// When the last arrival was, in milliseconds (`None` before the first).
+    pub fn last_ms(&self) -> Option<u64> {
+        self.last_ms
+    }
+
     /// The phi score at `now_ms`, assuming exponentially distributed inter-arrival times (as
     /// Cassandra and chitchat do): `phi = -log10(P(no arrival for t)) = t / (mean · ln 10)`.
     /// `None` until two arrivals were seen.

@@ -37,11 +37,21 @@ pub const UPDATE_LEN_MAX: usize = 5 + 5 + 1 + ADDRESS_LEN_MAX;
 pub const DIGEST_ITEM_LEN_MAX: usize = 5 + 5 + 1 + 10;
 /// The largest encoded group head: node, base, entry count.
 pub const GROUP_LEN_MAX: usize = 5 + 10 + 10 + 1;
+/// Most member records one [`Message::MembersPage`] carries.
+pub const RECORDS_MAX: usize = 64;
+/// The largest encoded member record: node, address, state, incarnation, and the two optional
+/// `u32`s (a tag byte and a varint each).
+pub const RECORD_LEN_MAX: usize = 5 + ADDRESS_LEN_MAX + 1 + 5 + 2 * (1 + 5);
+/// Client ids have this bit set (`bedrock_std::client`); node ids are below it.
+pub const CLIENT_ID_BIT: u32 = 0x8000_0000;
 
 // A full digest always fits the smallest MTU, so a digest never has to be cut mid-window.
 const _: () = assert!(HEAD_LEN_MAX + DIGEST_ITEMS_MAX * DIGEST_ITEM_LEN_MAX <= MTU_MIN);
 const _: () = assert!(UPDATES_MAX <= u8::MAX as usize);
 const _: () = assert!(GROUPS_MAX <= u8::MAX as usize);
+const _: () = assert!(RECORDS_MAX <= u8::MAX as usize);
+// `take` re-encodes every value in a scratch buffer of this size.
+const _: () = assert!(RECORD_LEN_MAX <= HEAD_LEN_MAX + 8);
 
 /// A member's state. The order is the precedence at equal incarnation: a later state overrides
 /// an earlier one (SWIM: suspect overrides alive, dead overrides suspect).
@@ -127,6 +137,27 @@ pub enum Message {
         /// Groups after the updates.
         groups: u8,
     },
+    /// A client asks for the member table: the records (this node's own included) with node
+    /// ids above `after`, in id order. Carries no updates; answered with a
+    /// [`Message::MembersPage`] to the asking address only, and the asker never enters the table.
+    Members {
+        /// The client's request id, echoed in the answer.
+        request: u64,
+        /// Only records of node ids above this one (0: from the start).
+        after: NodeId,
+    },
+    /// The answer to [`Message::Members`]: `records` [`MemberRecord`]s follow the head, in
+    /// ascending node id order, as many as fit one datagram. Carries no updates.
+    MembersPage {
+        /// The request id of the `Members` answered.
+        request: u64,
+        /// The answering node's id (its own record is among the records).
+        node: NodeId,
+        /// Member records after the head.
+        records: u8,
+        /// Whether records with higher node ids remain: ask again with `after` = the last id.
+        more: bool,
+    },
 }
 
 /// The start of every datagram.
@@ -183,6 +214,26 @@ pub struct Group {
     pub entries: u8,
 }
 
+/// One line of a [`Message::MembersPage`]: what the answering node knows about a member (or
+/// about itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberRecord {
+    /// The member.
+    pub node: NodeId,
+    /// Where it is.
+    pub address: Address,
+    /// Its state as known there.
+    pub state: State,
+    /// Its incarnation as known there.
+    pub incarnation: u32,
+    /// Its phi-accrual suspicion score in thousandths (saturated at `u32::MAX`); `None` before
+    /// two messages were heard from it, and for the answering node itself.
+    pub phi_milli: Option<u32>,
+    /// Milliseconds since the last message heard from it directly (saturated); `None` when
+    /// none was, and for the answering node itself.
+    pub heard_ms: Option<u32>,
+}
+
 /// One item of a checked body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Item<'a> {
@@ -192,6 +243,8 @@ pub enum Item<'a> {
     Update(Update),
     /// The head of a group; its entries follow as [`Item::Entry`].
     Group(Group),
+    /// A member record of a [`Message::MembersPage`].
+    Record(MemberRecord),
     /// One application entry of the last group.
     Entry {
         /// The key.
@@ -228,15 +281,30 @@ pub fn walk<'a>(
     visit: &mut impl FnMut(Item<'a>),
 ) -> Result<Head, Malformed> {
     let (head, mut rest) = take::<Head>(bytes)?;
-    let (items, groups) = match head.message {
-        Message::Digest { items, .. } => (usize::from(items), 0),
-        Message::Delta { groups } => (0, usize::from(groups)),
-        _ => (0, 0),
+    let (items, groups, records) = match head.message {
+        Message::Digest { items, .. } => (usize::from(items), 0, 0),
+        Message::Delta { groups } => (0, usize::from(groups), 0),
+        Message::MembersPage { records, .. } => (0, 0, usize::from(records)),
+        _ => (0, 0, 0),
     };
+    let client = matches!(
+        head.message,
+        Message::Members { .. } | Message::MembersPage { .. }
+    );
     let bounded = items <= DIGEST_ITEMS_MAX
         && usize::from(head.updates) <= UPDATES_MAX
         && groups <= GROUPS_MAX
-        && !matches!(head.message, Message::Digest { items: 0, .. });
+        && records <= RECORDS_MAX
+        && !(client && head.updates != 0)
+        && !matches!(head.message, Message::Digest { items: 0, .. })
+        && !matches!(
+            head.message,
+            Message::MembersPage {
+                records: 0,
+                more: true,
+                ..
+            }
+        );
     if !bounded {
         return Err(Malformed);
     }
@@ -252,6 +320,17 @@ pub fn walk<'a>(
     }
     for _ in 0..groups {
         rest = walk_group(rest, value_max, visit)?;
+    }
+    let mut previous = None;
+    for _ in 0..records {
+        let (record, tail) = take::<MemberRecord>(rest)?;
+        // Strictly ascending node ids: a page lists each member once, in order.
+        if previous.is_some_and(|previous| record.node <= previous) {
+            return Err(Malformed);
+        }
+        previous = Some(record.node);
+        visit(Item::Record(record));
+        rest = tail;
     }
     if !rest.is_empty() {
         return Err(Malformed);
@@ -286,6 +365,16 @@ fn walk_group<'a>(
         rest = tail;
     }
     Ok(rest)
+}
+
+/// Encodes a client's [`Message::Members`] request into `buffer`; returns its length.
+pub fn members_request(request: u64, after: NodeId, buffer: &mut [u8]) -> Option<usize> {
+    let head = Head {
+        incarnation: 0,
+        message: Message::Members { request, after },
+        updates: 0,
+    };
+    put(&head, buffer, 0, buffer.len())
 }
 
 /// Encodes `value` into `buffer` at `at`, returning the new end, or `None` if it does not fit

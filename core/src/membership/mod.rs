@@ -39,6 +39,12 @@
 //!   version of that node. Versions start at `start_incarnation << 32` so a restarted node's
 //!   versions are above its previous life's, and a receiver drops the previous life's entries
 //!   when the first entry of a new life arrives.
+//! - **Client query.** A client (a sender id with [`CLIENT_ID_BIT`] set) sends
+//!   [`Message::Members`] and gets [`Message::MembersPage`]s listing the table (this node's own
+//!   record included) in node id order, with each member's phi and time since last heard, as
+//!   many records as fit one datagram; it pages with `after`. The answer goes to the asking
+//!   address only; a client never enters the table, and any other message from a client id is
+//!   dropped and counted.
 //! - **Tombstones.** Dead and left records stay for `tombstone` (so a late message of an old
 //!   incarnation cannot resurrect them), then are removed. Each gossip round also sends a digest
 //!   to one random tombstone: a node declared dead across a healed partition then learns it and
@@ -84,11 +90,14 @@ mod service;
 mod table;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_client;
 
 pub use detector::{log10, log2, retransmits, suspicion_timeout, Arrivals, ARRIVALS};
 pub use message::{
-    finish, put, put_entry, walk, Address, DigestItem, Group, Head, Item, Malformed, Message,
-    State, Update, DIGEST_ITEMS_MAX, DIGEST_ITEM_LEN_MAX, GROUPS_MAX, HEAD_LEN_MAX, UPDATES_MAX,
+    finish, members_request, put, put_entry, walk, Address, DigestItem, Group, Head, Item,
+    Malformed, MemberRecord, Message, State, Update, CLIENT_ID_BIT, DIGEST_ITEMS_MAX,
+    DIGEST_ITEM_LEN_MAX, GROUPS_MAX, HEAD_LEN_MAX, RECORDS_MAX, RECORD_LEN_MAX, UPDATES_MAX,
     UPDATE_LEN_MAX,
 };
 
@@ -249,6 +258,12 @@ impl<const KEYS: usize, const VALUE_MAX: usize> Member<KEYS, VALUE_MAX> {
     /// The phi-accrual suspicion score at `now` (`None` before two messages were heard).
     pub fn phi(&self, now: Instant) -> Option<f32> {
         self.arrivals.phi(now.as_micros() / 1000)
+    }
+    /// Milliseconds from the last message heard from it directly to `now` (`None` when none
+    /// was).
+    pub fn heard_ms(&self, now: Instant) -> Option<u64> {
+        let last = self.arrivals.last_ms()?;
+        Some((now.as_micros() / 1000).saturating_sub(last))
     }
 
     fn entry(&self, key: u8) -> Option<&Entry<VALUE_MAX>> {
@@ -430,6 +445,12 @@ enum Outgoing {
     /// A digest of the next window of the table, asking for a reply.
     Digest {
         to: SocketAddr,
+    },
+    /// A page of the member table for a client, encoded from the table as it is when polled.
+    Members {
+        to: SocketAddr,
+        request: u64,
+        after: NodeId,
     },
 }
 

@@ -5,8 +5,9 @@ use heapless::Vec;
 
 use super::{
     message::{entry_len, finish, put, put_entry, walk, GROUP_LEN_MAX},
-    Cycle, DigestItem, Group, Head, Item, Member, Membership, Message, Outgoing, Probe, Relay,
-    Request, State, DIGEST_ITEMS_MAX, GROUPS_MAX, HEAD_LEN_MAX, UPDATES_MAX,
+    Cycle, DigestItem, Group, Head, Item, Member, MemberRecord, Membership, Message, Outgoing,
+    Probe, Relay, Request, State, CLIENT_ID_BIT, DIGEST_ITEMS_MAX, GROUPS_MAX, HEAD_LEN_MAX,
+    RECORDS_MAX, UPDATES_MAX,
 };
 use crate::crdt::NodeId;
 use crate::net::SocketAddr;
@@ -303,6 +304,8 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
                     self.apply_entry(index, key, version, value);
                 }
             }
+            // Only in pages, which the caller drops before applying.
+            Item::Record(_) => {}
         });
         (wants, lacks)
     }
@@ -334,7 +337,8 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
                     });
                 }
             }
-            Message::Delta { .. } => {}
+            // Answered (or dropped) by the caller before anything is applied.
+            Message::Delta { .. } | Message::Members { .. } | Message::MembersPage { .. } => {}
         }
     }
 }
@@ -536,7 +540,70 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
         Some(at)
     }
 
-    fn encode_outgoing(&mut self, outgoing: Outgoing, buffer: &mut [u8]) -> Option<Transmit> {
+    /// The record of `member` for a page answered at `now`; `own` for this node's own record.
+    fn record(member: &Member<KEYS, VALUE_MAX>, own: bool, now: Instant) -> MemberRecord {
+        let saturate = |value: u64| u32::try_from(value).unwrap_or(u32::MAX);
+        let phi = (!own).then(|| member.phi(now)).flatten();
+        MemberRecord {
+            node: member.node,
+            address: member.addr.into(),
+            state: member.state,
+            incarnation: member.incarnation,
+            // `as` saturates (and maps NaN to 0).
+            phi_milli: phi.map(|phi| (phi * 1000.0) as u32),
+            heard_ms: (!own).then(|| member.heard_ms(now)).flatten().map(saturate),
+        }
+    }
+
+    /// The record (this node's own included) with the smallest node id above `after`.
+    fn next_record(&self, after: NodeId) -> Option<(&Member<KEYS, VALUE_MAX>, bool)> {
+        let own = core::iter::once((&self.own, true));
+        let others = self.members.iter().map(|member| (member, false));
+        own.chain(others)
+            .filter(|(member, _)| member.node > after)
+            .min_by_key(|(member, _)| member.node)
+    }
+
+    /// A page of the member table for a client: the records above `after` in node id order, as
+    /// many as fit. `None` when not even one fits the buffer.
+    fn encode_members(
+        &mut self,
+        now: Instant,
+        request: u64,
+        after: NodeId,
+        buffer: &mut [u8],
+    ) -> Option<usize> {
+        let (mut at, mut records, mut cursor, mut more) = (HEAD_LEN_MAX, 0u8, after, false);
+        while let Some((member, own)) = self.next_record(cursor) {
+            let record = Self::record(member, own, now);
+            let end = match usize::from(records) < RECORDS_MAX {
+                true => put(&record, buffer, at, buffer.len()),
+                false => None,
+            };
+            let Some(end) = end else {
+                more = true;
+                break;
+            };
+            (at, records, cursor) = (end, records + 1, record.node);
+        }
+        if more && records == 0 {
+            return None;
+        }
+        let message = Message::MembersPage {
+            request,
+            node: self.own.node,
+            records,
+            more,
+        };
+        self.seal(message, 0, buffer, at)
+    }
+
+    fn encode_outgoing(
+        &mut self,
+        now: Instant,
+        outgoing: Outgoing,
+        buffer: &mut [u8],
+    ) -> Option<Transmit> {
         let (to, len) = match outgoing {
             Outgoing::Ping { to, seq } => (to, self.encode_plain(Message::Ping { seq }, buffer)),
             Outgoing::Ack { to, seq } => (to, self.encode_plain(Message::Ack { seq }, buffer)),
@@ -556,6 +623,9 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
                 (to, self.encode_plain(message, buffer))
             }
             Outgoing::Digest { to } => (to, self.encode_digest(&[], true, true, buffer)),
+            Outgoing::Members { to, request, after } => {
+                (to, self.encode_members(now, request, after, buffer))
+            }
         };
         Some(Transmit { to, len: len? })
     }
@@ -595,6 +665,24 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Service
             self.stats.malformed += 1;
             return;
         };
+        match head.message {
+            // A client's query: answered to its address only; the client is no member.
+            Message::Members { request, after } => {
+                let to = from.addr;
+                self.send(Outgoing::Members { to, request, after });
+                return;
+            }
+            // Pages go to clients, never to nodes; and a client takes part in nothing else.
+            Message::MembersPage { .. } => {
+                self.stats.malformed += 1;
+                return;
+            }
+            _ if from.node.0 & CLIENT_ID_BIT != 0 => {
+                self.stats.malformed += 1;
+                return;
+            }
+            _ => {}
+        }
         self.heard_from(now, from.node, from.addr, head.incarnation);
         let lists = self.apply_body(now, from.node, payload);
         self.dispatch(now, from, head.message, lists);
@@ -619,12 +707,12 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Service
         self.expire(now);
     }
 
-    fn poll_transmit(&mut self, _now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
+    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
         // Bounded by the queues: each pop either yields a datagram or drops one that cannot be
         // encoded into this buffer.
         for _ in 0..(super::OUTBOX + super::REQUESTS) {
             let transmit = if let Some(outgoing) = self.outbox.pop_front() {
-                self.encode_outgoing(outgoing, buffer)
+                self.encode_outgoing(now, outgoing, buffer)
             } else {
                 let request = self.requests.pop_front()?;
                 self.encode_request(&request, buffer)

@@ -638,6 +638,7 @@ fn format_item(item: Item<'_>) -> std::string::String {
         Item::Update(update) => std::format!("update {}", update.node.0),
         Item::Group(group) => std::format!("group {}", group.node.0),
         Item::Entry { key, .. } => std::format!("entry {key}"),
+        Item::Record(record) => std::format!("record {}", record.node.0),
     }
 }
 

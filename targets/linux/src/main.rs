@@ -4,7 +4,8 @@
 //! - `bedrock inspect` — lists every record of a data directory's log and what recovery found;
 //! - `bedrock bench` — throughput figures next to the raw limits measured in the same run;
 //! - `bedrock node` — a cluster node: the distributed counter, the replicated log, the message
-//!   queue and the job scheduler over UDP;
+//!   queue, the job scheduler and membership (failure detection) over UDP;
+//! - `bedrock members --node ADDR` — a node's member table;
 //! - `bedrock keygen` — a cluster key file;
 //! - `bedrock counter incr|get --node ADDR`, `bedrock log append|read --node ADDR`,
 //!   `bedrock queue …`, `bedrock jobs …` — clients of a node.
@@ -17,6 +18,7 @@ mod cluster;
 mod error;
 mod inspect;
 mod job_scheduler;
+mod membership;
 mod message_queue;
 mod node;
 mod output;
@@ -81,18 +83,49 @@ enum Command {
     /// second, increments per sync and latency, in turns with (a). Writes about 0.8 GiB in
     /// total; the scratch directory is removed afterwards.
     Bench(BenchArgs),
-    /// Runs a cluster node: the distributed counter, the replicated log, the message queue and
-    /// the job scheduler over authenticated UDP.
+    /// Runs a cluster node: the distributed counter, the replicated log, the message queue,
+    /// the job scheduler and membership over authenticated UDP.
     ///
     /// The node gossips counter entries with its peers every 200 ms and exchanges log entries
     /// every 100 ms, answers clients (`bedrock counter incr --node ADDR`, `bedrock log append
     /// --node ADDR`, `bedrock queue …`, `bedrock jobs …`), and makes every write durable
     /// (fdatasync, one per service shared by all requests that arrived together) before it
     /// answers. The queue and the jobs are this node's own (not replicated). Logs one line on
-    /// stderr at start and one at stop. Stops cleanly on SIGINT or SIGTERM. The data directory
-    /// holds `counter/`, `log/`, `queue/` (8 MiB each), `jobs/` (16 MiB) and `incarnation`
-    /// (bumped at every start). Every node of a cluster must use the same --mtu and key file.
+    /// stderr at start, one per membership change and one at stop. Stops cleanly on SIGINT or
+    /// SIGTERM. The data directory holds `counter/`, `log/`, `queue/` (8 MiB each), `jobs/`
+    /// (16 MiB) and `incarnation` (bumped at every start, and raised to the membership
+    /// incarnation when membership bumps it). Every node of a cluster must use the same --mtu and key file.
+    ///
+    /// Membership (SWIM with Lifeguard's refinements) learns the cluster from the seeds (--join
+    /// and --peer addresses: one reachable member is enough), probes one member per
+    /// --probe-interval, suspects a member whose probes fail (directly and through 3 others)
+    /// and declares it dead when the suspicion is not refuted within 4 · max(1, log10 n)
+    /// periods (up to 6 times that until 3 members confirm it). Every change is one stderr line
+    /// starting `membership: ` (joined, suspected, dead, left, alive again, forgotten, own
+    /// incarnation bumped). On SIGINT or SIGTERM the node announces that it leaves (at most 3
+    /// probe periods) before it stops. `bedrock members --node ADDR` prints a node's view.
     Node(NodeArgs),
+    /// Prints a running node's member table (membership), the node itself included.
+    ///
+    /// One line per member after a header: `ID ADDRESS STATE INCARNATION PHI LAST_HEARD`.
+    /// STATE is alive, suspect, dead or left (dead and left members stay listed for 60 s).
+    /// INCARNATION grows at every restart of the member and whenever it refutes a suspicion.
+    /// PHI is the phi-accrual suspicion score (how unusual the silence is: 1 ≈ 10 % chance
+    /// that a live member was this silent, 3 ≈ 0.1 %), `-` before two messages were heard.
+    /// LAST_HEARD is the time since the node last heard from the member directly (`-`: never),
+    /// and `self` on the node's own line. Pages through the whole table.
+    ///
+    /// Example:
+    ///
+    ///   $ bedrock members --node 127.0.0.1:7001 --key-file cluster.key
+    ///           ID ADDRESS               STATE   INCARNATION      PHI LAST_HEARD
+    ///            1 127.0.0.1:7001        alive             1        -       self
+    ///            2 127.0.0.1:7002        alive             1    0.210      310ms
+    #[command(
+        verbatim_doc_comment,
+        about = "Prints a running node's member table (membership), the node itself included"
+    )]
+    Members(RemoteArgs),
     /// The replicated log of a running node: append entries, read them in the cluster's order.
     ///
     /// Every node accepts appends; nodes exchange entries until every node holds the same ones,
@@ -188,9 +221,19 @@ struct NodeArgs {
     /// The UDP address to listen on, e.g. 127.0.0.1:7001.
     #[arg(long, value_name = "ADDR")]
     listen: SocketAddr,
-    /// A peer's address; repeat for each peer.
+    /// A peer's address; repeat for each peer. Peers gossip the counter and the log, and are
+    /// membership seeds too.
     #[arg(long = "peer", value_name = "ADDR")]
     peers: Vec<SocketAddr>,
+    /// A membership seed: the address of any node of the cluster to join through; repeat for
+    /// more. --join seeds are tried before --peer ones; at most 8 seeds are used.
+    #[arg(long = "join", value_name = "ADDR")]
+    joins: Vec<SocketAddr>,
+    /// The membership probe period (from 10ms to 60s): one member is probed per period, the
+    /// probe timeout is half of it, and suspicion timeouts are counted in periods. Every node
+    /// of a cluster should use the same.
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
+    probe_interval: Duration,
     /// The data directory.
     #[arg(long = "data", value_name = "DIR")]
     data: PathBuf,
@@ -638,12 +681,15 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             id: args.id,
             listen: args.listen,
             peers: args.peers,
+            joins: args.joins,
+            probe_interval: args.probe_interval,
             data: args.data,
             access: args.access.access(),
             mtu: usize::from(args.mtu),
             job_lease: args.job_lease,
             job_backoff: args.job_backoff,
         }),
+        Command::Members(remote) => membership::members(remote.node, &remote.access.access()),
         Command::Queue(command) => run_queue(command),
         Command::Jobs(command) => run_jobs(command),
     }

@@ -1,9 +1,14 @@
 //! `bedrock node`: one cluster node running the distributed counter, the replicated log, the
-//! message queue and the job scheduler over authenticated UDP, until SIGINT or SIGTERM.
+//! message queue, the job scheduler and membership over authenticated UDP, until SIGINT or
+//! SIGTERM.
 //!
 //! The counter and the log are shared by the cluster (gossip, anti-entropy); the queue and the
 //! scheduler are the node's own: a client talks to the node that holds its queue or its jobs
 //! (`bedrock queue …` and `bedrock jobs …` with `--node ADDR`), and nothing is replicated.
+//! Membership (SWIM with Lifeguard, see [`crate::membership`]) learns the cluster from the
+//! seeds (`--join`, and the `--peer` addresses), detects failures and logs every change; `bedrock
+//! members --node ADDR` prints a node's view. On SIGINT or SIGTERM the node first announces
+//! that it leaves (for at most [`LEAVE_MAX_PERIODS`] probe periods), then stops.
 //!
 //! # A node's data directory
 //!
@@ -11,7 +16,8 @@
 //! - `log/`: the replicated log's store;
 //! - `queue/`: the message queue's store;
 //! - `jobs/`: the job scheduler's store;
-//! - `incarnation`: the number bumped at every start (see `bedrock_std::incarnation`).
+//! - `incarnation`: the number bumped at every start (see `bedrock_std::incarnation`), and
+//!   raised to the membership incarnation whenever membership bumps it.
 //!
 //! Each store is its own locked [`FileStorage`]. The counter's lock is taken first and guards
 //! the incarnation file too: a second node on the same directory fails at once, with the first
@@ -132,6 +138,7 @@ use bedrock_std::{incarnation, FileError, FileOptions, FileStorage};
 
 use crate::cluster::Access;
 use crate::error::{fail, Error};
+use crate::membership::{self, NodeMembership};
 
 /// Most nodes a cluster's counter holds.
 pub const NODES_MAX: usize = 1024;
@@ -143,6 +150,8 @@ const DONE_MAX: usize = 1024;
 const PENDING_MAX: usize = 256;
 /// Senders whose replay windows a node keeps.
 const SENDERS_MAX: usize = 256;
+/// The longest a stopping node spends announcing that it leaves, in probe periods.
+pub const LEAVE_MAX_PERIODS: u32 = 3;
 
 /// Erase block and segment size of both stores.
 pub const ERASE_SIZE: u32 = 64 << 10;
@@ -280,6 +289,10 @@ pub struct NodeOptions {
     pub listen: SocketAddr,
     /// Peers to gossip with.
     pub peers: Vec<SocketAddr>,
+    /// Membership seeds besides the peers.
+    pub joins: Vec<SocketAddr>,
+    /// The membership probe period.
+    pub probe_interval: Duration,
     /// The data directory.
     pub data: PathBuf,
     /// Cluster label and key.
@@ -448,6 +461,13 @@ fn check_options(options: &NodeOptions) -> Result<(), Error> {
     if options.peers.contains(&options.listen) {
         return Err(fail("--peer lists this node's own --listen address"));
     }
+    let probes = Duration::from_millis(10)..=Duration::from_secs(60);
+    if !probes.contains(&options.probe_interval) {
+        return Err(fail("--probe-interval must be from 10ms to 60s"));
+    }
+    if options.joins.contains(&options.listen) {
+        return Err(fail("--join lists this node's own --listen address"));
+    }
     if options.job_lease.is_zero() {
         return Err(fail("--job-lease must be longer than 0"));
     }
@@ -480,27 +500,35 @@ fn jobs_size(scheduler: &NodeJobs) -> (usize, usize) {
 }
 
 /// The services a node runs, as the event loop takes them.
-type NodeServices = (NodeCounter, NodeLog, NodeQueue, NodeJobs);
+type NodeServices = (NodeCounter, NodeLog, NodeQueue, NodeJobs, NodeMembership);
+
+fn addresses(addrs: &[SocketAddr]) -> String {
+    let addrs: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+    addrs.join(" ")
+}
 
 fn start_line(options: &NodeOptions, incarnation: u32, services: &NodeServices) {
-    let (counter, replica, queue, scheduler) = services;
-    let peers: Vec<String> = options.peers.iter().map(SocketAddr::to_string).collect();
+    let (counter, replica, queue, scheduler, _) = services;
+    let seeds = membership::seeds(&options.joins, &options.peers, options.listen);
     let (entries, origins) = log_size(replica);
     let (unfinished, dead) = jobs_size(scheduler);
     eprintln!(
-        "node {} (incarnation {incarnation}) listening on {}, peers [{}], counter {}, log {entries} \
-         entries from {origins} origins, queue {} live messages, jobs {unfinished} unfinished \
-         ({dead} dead)",
+        "node {} (incarnation {incarnation}) listening on {}, peers [{}], seeds [{}], counter {}, \
+         log {entries} entries from {origins} origins, queue {} live messages, jobs {unfinished} \
+         unfinished ({dead} dead)",
         options.id,
         options.listen,
-        peers.join(" "),
+        addresses(&options.peers),
+        addresses(&seeds),
         counter.value(),
         queue.stats().live,
     );
 }
 
 fn stop_line(id: u32, stats: DriverStats, services: &NodeServices) {
-    let (counter, replica, queue, scheduler) = services;
+    let (counter, replica, queue, scheduler, members) = services;
+    let members = members.get();
+    let member_stats = members.stats();
     let (entries, _) = log_size(replica);
     let log_stats = replica.stats();
     let queue_stats = queue.stats();
@@ -510,7 +538,8 @@ fn stop_line(id: u32, stats: DriverStats, services: &NodeServices) {
         "node {id} stopping: {} datagrams in, {} out, {} rejected, {} truncated; counter {}, \
          {} increments; log {entries} entries, {} received, {} refused, {} segments released; \
          queue {} live messages, {} sent, {} acked, {} expired; jobs {unfinished} unfinished \
-         ({dead} dead), {} submitted, {} completed, {} failed, {} expired",
+         ({dead} dead), {} submitted, {} completed, {} failed, {} expired; membership {} live \
+         members, incarnation {}, {} suspicions, {} refutations, {} declared dead",
         stats.received,
         stats.sent,
         stats.rejected,
@@ -528,7 +557,27 @@ fn stop_line(id: u32, stats: DriverStats, services: &NodeServices) {
         jobs_stats.completed,
         jobs_stats.failed,
         jobs_stats.expired,
+        members.live_count(),
+        members.incarnation(),
+        member_stats.suspicions,
+        member_stats.refutations,
+        member_stats.confirmed_dead,
     );
+}
+
+/// Announces that the node leaves and keeps the loop running until the announcement went out
+/// its share of times, nobody is left to tell, or [`LEAVE_MAX_PERIODS`] probe periods passed.
+fn leave<const K: usize, const SENDERS: usize>(
+    event_loop: &mut EventLoop<K, SENDERS>,
+    services: &mut NodeServices,
+    probe_interval: Duration,
+) -> Result<(), bedrock_std::node::LoopError> {
+    services.4.leave();
+    let until = std::time::Instant::now() + probe_interval * LEAVE_MAX_PERIODS;
+    while !services.4.left() && std::time::Instant::now() < until {
+        event_loop.iterate(services)?;
+    }
+    Ok(())
 }
 
 /// `bedrock node`: runs a node until SIGINT or SIGTERM, then closes its stores cleanly.
@@ -561,15 +610,26 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .map_err(|error| fail(format!("cannot handle signals: {error}")))?;
     }
+    let seeds = membership::seeds(&options.joins, &options.peers, options.listen);
+    let members = NodeMembership::new(
+        membership::config(options.probe_interval),
+        options.id,
+        options.listen,
+        incarnation,
+        &seeds,
+        options.data.clone(),
+    );
     // Opened last, right before the loop's clock starts (see `open_jobs`).
     let scheduler = open_jobs(&options, jobs_storage)?;
     let mut event_loop = EventLoop::new(Driver::new(wire), socket, seed);
     // Kept on the heap while the loop runs: the services' fixed tables take about 0.7 MB.
-    let mut services: Box<NodeServices> = Box::new((counter, replica, queue, scheduler));
+    let mut services: Box<NodeServices> = Box::new((counter, replica, queue, scheduler, members));
     start_line(&options, incarnation, &services);
-    let result = event_loop.run(&mut *services, &stop);
+    let result = event_loop
+        .run(&mut *services, &stop)
+        .and_then(|()| leave(&mut event_loop, &mut services, options.probe_interval));
     stop_line(options.id, event_loop.stats(), &services);
-    let (counter, replica, queue, scheduler) = *services;
+    let (counter, replica, queue, scheduler, _) = *services;
     // Every close runs whatever the loop's outcome; the first failure is reported.
     let jobs_closed = scheduler.close();
     let queue_closed = queue.close();

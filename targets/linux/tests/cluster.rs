@@ -650,7 +650,8 @@ fn three_nodes_converge_after_one_is_killed_mid_traffic() {
 }
 
 /// Each node logged one start line per run and one stop line per clean stop, and nothing else
-/// but recovery warnings after the kill; node 1 counted the wrong key's datagrams.
+/// but recovery warnings after the kill and membership changes; node 1 counted the wrong key's
+/// datagrams.
 fn check_stderr(cluster: &Cluster) {
     for node in &cluster.nodes {
         let lines = node.stderr_lines();
@@ -666,6 +667,11 @@ fn check_stderr(cluster: &Cluster) {
             .iter()
             .filter(|line| line.starts_with("warning: "))
             .count();
+        // Membership changes (tests/members.rs checks them).
+        let membership = lines
+            .iter()
+            .filter(|line| line.starts_with("membership: "))
+            .count();
         let runs = if node.id == 3 { 2 } else { 1 };
         assert_eq!(
             (starts, stops.len()),
@@ -674,7 +680,7 @@ fn check_stderr(cluster: &Cluster) {
             node.id
         );
         assert_eq!(
-            starts + stops.len() + warnings,
+            starts + stops.len() + warnings + membership,
             lines.len(),
             "node {}: {lines:?}",
             node.id
