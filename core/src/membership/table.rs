@@ -191,7 +191,13 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
     /// When the suspicion of `member` runs out.
     pub(super) fn suspicion_deadline(&self, member: &Member<KEYS, VALUE_MAX>) -> Instant {
         let config = &self.config;
-        let needed = usize::from(config.indirect_probes).min(CONFIRMATIONS_MAX);
+        let mut needed = usize::from(config.indirect_probes).min(CONFIRMATIONS_MAX);
+        // Only the members other than this node and the suspect can confirm: when fewer than
+        // `needed` exist, waiting for confirmations would always run to the maximum, so the
+        // minimum applies at once (memberlist does the same).
+        if self.cluster_size().saturating_sub(2) < needed {
+            needed = 0;
+        }
         member.since
             + suspicion_timeout(
                 config.suspicion_mult,

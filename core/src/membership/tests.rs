@@ -305,6 +305,26 @@ fn a_node_that_stops_answering_is_suspected_then_declared_dead_by_everyone_withi
 }
 
 #[test]
+fn in_a_cluster_too_small_to_confirm_a_suspicion_the_minimum_timeout_applies() {
+    // Three nodes: only one other member can confirm, never the three `indirect_probes` asks
+    // for, so waiting for confirmations would always run to the maximum (24 periods here).
+    let mut net = Net::new(3, MTU_DEFAULT, config());
+    assert!(net.run_until(Duration::from_secs(3), Net::all_alive));
+    net.nodes[2] = None;
+    let stopped = net.now;
+    // A probe cycle of the 2 others, the minimum suspicion (4 · max(1, log10 3) = 4 periods),
+    // and a few periods of dissemination; far below the 24-period maximum.
+    let period = config().probe_interval;
+    let bound = period * (2 + 4 + 4);
+    assert!(net.run_until(bound * 3, |net| net.all_see(2, State::Dead)));
+    let took = net.now.saturating_duration_since(stopped);
+    assert!(
+        took <= bound,
+        "declared dead after {took:?}, bound {bound:?}"
+    );
+}
+
+#[test]
 fn a_suspected_node_that_is_alive_refutes_with_a_higher_incarnation_and_is_alive_again_everywhere()
 {
     // Long suspicions, so the isolated node is suspected but not declared dead.
