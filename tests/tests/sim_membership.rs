@@ -122,9 +122,11 @@ fn detection_bound(config: &Config, n: usize, health: u8) -> Duration {
 }
 
 /// A false dead verdict about a running node must be gone within this: the verdict reaches the
-/// subject, which refutes, and the refutation reaches the observer (two disseminations).
-fn refutation_bound(config: &Config, n: usize, health: u8) -> Duration {
-    dissemination_allowance(config, n, health) * 2
+/// subject, which refutes, and the refutation reaches the observer (two disseminations at
+/// unstretched periods: `4 · retransmits(n) · P`; the refutation travels in answers and
+/// push-pull, whose intervals health does not stretch).
+fn refutation_bound(config: &Config, n: usize) -> Duration {
+    dissemination_allowance(config, n, 0) * 2
 }
 
 struct Flight {
@@ -218,12 +220,12 @@ impl FixedDetector {
 
     /// `observer` runs its check at `now`; `up` says which nodes are up (process exists).
     fn check(&mut self, observer: usize, now: u64, up: &[bool]) {
-        for subject in 0..self.heard.len() {
+        for (subject, &subject_up) in up.iter().enumerate() {
             if subject == observer {
                 continue;
             }
             let silent = now.saturating_sub(self.heard[observer][subject]) > self.timeout;
-            if silent && !self.dead[observer][subject] && up[subject] {
+            if silent && !self.dead[observer][subject] && subject_up {
                 self.false_dead += 1;
             }
             self.dead[observer][subject] = silent;
@@ -236,6 +238,8 @@ struct Counts {
     datagrams: u64,
     bytes: u64,
     false_dead: u64,
+    /// Of those, about nodes that never stalled (heartbeating all along).
+    false_dead_heartbeating: u64,
     /// Longest time a false dead verdict stayed after both ends ran (micros).
     longest_false_dead: u64,
     max_health: u8,
@@ -250,6 +254,8 @@ struct Sim<const CAP: usize> {
     timers: BinaryHeap<Reverse<(u64, usize)>>,
     /// Which nodes are up (a process exists, stalled or not).
     up: Vec<bool>,
+    /// Nodes that stalled at least once.
+    ever_stalled: Vec<bool>,
     sequence: u64,
     rng: SimRng,
     loss: f64,
@@ -259,6 +265,9 @@ struct Sim<const CAP: usize> {
     /// When each observer first held each subject dead (detection scenario).
     dead_at: Vec<Option<u64>>,
     watched: Option<usize>,
+    /// A node stalled for longer than a suspicion: its dead verdicts are expected, not false
+    /// positives, but must be refuted once it runs again.
+    long_stalled: Option<usize>,
     fixed: Option<FixedDetector>,
     counts: Counts,
     failures: Vec<String>,
@@ -300,6 +309,7 @@ impl<const CAP: usize> Sim<CAP> {
             flights: BinaryHeap::new(),
             timers,
             up: vec![true; n],
+            ever_stalled: vec![false; n],
             sequence: 0,
             rng,
             loss: 0.0,
@@ -308,6 +318,7 @@ impl<const CAP: usize> Sim<CAP> {
             verdicts: Vec::new(),
             dead_at: vec![None; n],
             watched: None,
+            long_stalled: None,
             fixed: None,
             counts: Counts::default(),
             failures: Vec::new(),
@@ -378,6 +389,7 @@ impl<const CAP: usize> Sim<CAP> {
             node.stall_until = Some(until);
             node.drop_backlog = drop;
             node.timers_first = first;
+            self.ever_stalled[index] = true;
             self.timers.push(Reverse((until, index)));
         }
     }
@@ -609,7 +621,12 @@ impl<const CAP: usize> Sim<CAP> {
                 let false_verdict = self.nodes[subject].machine.is_some()
                     && incarnation >= self.nodes[subject].start;
                 if false_verdict {
-                    self.counts.false_dead += 1;
+                    if self.long_stalled != Some(subject) {
+                        self.counts.false_dead += 1;
+                        if !self.ever_stalled[subject] {
+                            self.counts.false_dead_heartbeating += 1;
+                        }
+                    }
                     self.verdicts.push(Verdict {
                         observer,
                         subject,
@@ -651,7 +668,7 @@ impl<const CAP: usize> Sim<CAP> {
 
     fn check_verdicts(&mut self) {
         let n = self.n();
-        let bound = micros(refutation_bound(&self.config, n, self.config.health_max));
+        let bound = micros(refutation_bound(&self.config, n));
         let mut overdue = Vec::new();
         self.verdicts.retain(|verdict| {
             // A crashed observer's verdict is gone; a crashed subject's is no longer false.
@@ -686,13 +703,10 @@ impl<const CAP: usize> Sim<CAP> {
             .collect();
         up.iter().all(|&observer| {
             let machine = self.machine(observer).expect("up");
-            machine.live_count() + 1 == up.len()
-                && up.iter().all(|&subject| {
-                    subject == observer
-                        || machine
-                            .member(id(subject))
-                            .is_some_and(|m| m.state() == State::Alive)
-                })
+            let alive = machine.members().iter().filter(|member| {
+                member.state() == State::Alive && self.up[member.node().0 as usize - 1]
+            });
+            machine.live_count() + 1 == up.len() && alive.count() + 1 == up.len()
         })
     }
 
@@ -741,11 +755,16 @@ impl<const CAP: usize> Sim<CAP> {
 
     /// Runs until every node holds every other alive (the join).
     fn join(&mut self) -> bool {
-        let limit = self.now + micros(Duration::from_secs(120));
+        self.join_within(Duration::from_secs(120))
+    }
+
+    fn join_within(&mut self, limit: Duration) -> bool {
+        let seconds = limit.as_secs();
+        let limit = self.now + micros(limit);
         let every = micros(Duration::from_millis(250));
         let joined = self.run_until(limit, every, Self::settled);
         if !joined {
-            self.fail("the cluster did not join within 120 s".to_string());
+            self.fail(format!("the cluster did not join within {seconds} s"));
         }
         joined
     }
@@ -783,6 +802,7 @@ struct Outcome {
     detection: Option<u64>,
     /// False dead verdicts and node-hours simulated with stalls and loss.
     false_dead: u64,
+    false_dead_heartbeating: u64,
     fixed_false_dead: u64,
     node_hours: f64,
     longest_false_dead: u64,
@@ -867,21 +887,23 @@ fn detection<const CAP: usize>(sim: &mut Sim<CAP>, outcome: &mut Outcome) {
 }
 
 /// 10% loss for `window` while 10% of the nodes each stall once for 2–5 s.
-fn false_positives<const CAP: usize>(sim: &mut Sim<CAP>, outcome: &mut Outcome, window: Duration) {
+///
+/// With `long_stall`, one more node stalls for 5 s longer than the longest suspicion: it is
+/// declared dead (not counted as a false positive: it was not heartbeating), and must refute
+/// within the refutation bound once it runs again.
+fn false_positives<const CAP: usize>(
+    sim: &mut Sim<CAP>,
+    outcome: &mut Outcome,
+    window: Duration,
+    long_stall: bool,
+) {
     let n = sim.n();
     sim.run_for(Duration::from_secs(2));
-    let suspicion_min = suspicion_timeout(
-        sim.config.suspicion_mult,
-        1,
-        n,
-        sim.config.probe_interval,
-        0,
-        1,
-    );
-    let _ = suspicion_min;
     sim.fixed = Some(FixedDetector::new(n, sim.now, FIXED_TIMEOUT));
     sim.loss = 0.1;
     sim.counts.false_dead = 0;
+    sim.counts.false_dead_heartbeating = 0;
+    sim.counts.longest_false_dead = 0;
     let start = sim.now;
     let end = start + micros(window);
     let stalled = (n / 10).max(1);
@@ -899,6 +921,17 @@ fn false_positives<const CAP: usize>(sim: &mut Sim<CAP>, outcome: &mut Outcome, 
             plan.push((at, index, length));
         }
     }
+    if long_stall && n > stalled + 2 {
+        let index = loop {
+            let index = sim.rng.below(n as u64) as usize;
+            if !chosen.contains(&index) {
+                break index;
+            }
+        };
+        sim.long_stalled = Some(index);
+        let length = suspicion_max(&sim.config, n) + Duration::from_secs(5);
+        plan.push((start + 1_000_000, index, micros(length)));
+    }
     plan.sort_unstable();
     for (at, index, length) in plan {
         sim.run_until(at, micros(Duration::from_millis(100)), |_| false);
@@ -907,6 +940,7 @@ fn false_positives<const CAP: usize>(sim: &mut Sim<CAP>, outcome: &mut Outcome, 
     sim.run_until(end, micros(Duration::from_millis(100)), |_| false);
     sim.loss = 0.0;
     outcome.false_dead = sim.counts.false_dead;
+    outcome.false_dead_heartbeating = sim.counts.false_dead_heartbeating;
     outcome.fixed_false_dead = sim.fixed.as_ref().map_or(0, |fixed| fixed.false_dead);
     sim.fixed = None;
     outcome.node_hours = n as f64 * window.as_secs_f64() / 3600.0;
@@ -964,7 +998,11 @@ fn run_seed(seed: u64) -> Outcome {
     };
     let scenario = seed % 4;
     let loss = (seed / 4) % 2 == 1;
-    let mtu = if (seed / 8) % 2 == 0 { 508 } else { 1400 };
+    let mtu = if (seed / 8).is_multiple_of(2) {
+        508
+    } else {
+        1400
+    };
     let label = format!("seed {seed} (N={n}, scenario {scenario}, loss {loss}, MTU {mtu})");
     let mut sim = Sim::<128>::new(n, mtu, seed, label);
     let mut outcome = Outcome {
@@ -979,7 +1017,10 @@ fn run_seed(seed: u64) -> Outcome {
         match scenario {
             0 => dissemination(&mut sim, &mut outcome, &mut 0.0),
             1 => detection(&mut sim, &mut outcome),
-            2 => false_positives(&mut sim, &mut outcome, Duration::from_secs(60)),
+            2 => {
+                let window = Duration::from_secs(60);
+                false_positives(&mut sim, &mut outcome, window, seed % 8 == 2);
+            }
             _ => mass_restart(&mut sim, &mut outcome),
         }
     }
@@ -1091,6 +1132,7 @@ fn report(outcomes: &[Outcome]) {
     let stalls: Vec<&Outcome> = outcomes.iter().filter(|o| o.node_hours > 0.0).collect();
     let hours: f64 = stalls.iter().map(|o| o.node_hours).sum();
     let false_dead: u64 = stalls.iter().map(|o| o.false_dead).sum();
+    let heartbeating: u64 = stalls.iter().map(|o| o.false_dead_heartbeating).sum();
     let fixed: u64 = stalls.iter().map(|o| o.fixed_false_dead).sum();
     let longest = outcomes
         .iter()
@@ -1099,7 +1141,8 @@ fn report(outcomes: &[Outcome]) {
         .unwrap_or(0);
     println!(
         "  stalls + 10% loss: {} runs, {hours:.1} node-hours: SWIM+Lifeguard {false_dead} false \
-         dead verdicts ({:.2} per node-hour, longest held {} ms), fixed {} s timeout {fixed} \
+         dead verdicts ({:.2} per node-hour, {heartbeating} about nodes that never stalled, \
+         longest held {} ms), fixed {} s timeout {fixed} \
          ({:.2} per node-hour)",
         stalls.len(),
         false_dead as f64 / hours.max(1e-9),
@@ -1107,4 +1150,123 @@ fn report(outcomes: &[Outcome]) {
         FIXED_TIMEOUT.as_secs(),
         fixed as f64 / hours.max(1e-9),
     );
+}
+
+/// Figures of one run at N = 1000.
+#[derive(Debug, Default)]
+struct Scale {
+    join_seconds: f64,
+    bytes_per_node_second: f64,
+    datagrams_per_node_second: f64,
+    /// (loss, rounds to 99.99%, rounds to 100%).
+    dissemination: Vec<(bool, f64, f64)>,
+    detection: Option<u64>,
+    false_dead: u64,
+    false_dead_heartbeating: u64,
+    longest_false_dead: u64,
+    fixed_false_dead: u64,
+    node_hours: f64,
+    failures: Vec<String>,
+}
+
+const SCALE_N: usize = 1000;
+
+fn scale_run(seed: u64) -> Scale {
+    let mtu = if seed.is_multiple_of(2) { 1400 } else { 508 };
+    let label = format!("scale seed {seed} (N={SCALE_N}, MTU {mtu})");
+    let mut sim = Sim::<1024>::new(SCALE_N, mtu, seed, label);
+    let mut scale = Scale::default();
+    if !sim.join_within(Duration::from_secs(600)) {
+        sim.check_tables();
+        scale.failures = sim.failures;
+        return scale;
+    }
+    scale.join_seconds = sim.now as f64 / 1e6;
+    // Steady state: the join's piggybacked records have been sent their share of times.
+    sim.run_for(Duration::from_secs(20));
+    let (bytes, datagrams) = (sim.counts.bytes, sim.counts.datagrams);
+    let window = Duration::from_secs(10);
+    sim.run_for(window);
+    let per_node_second = |amount: u64| amount as f64 / SCALE_N as f64 / window.as_secs_f64();
+    scale.bytes_per_node_second = per_node_second(sim.counts.bytes - bytes);
+    scale.datagrams_per_node_second = per_node_second(sim.counts.datagrams - datagrams);
+    for loss in [false, true] {
+        sim.loss = if loss { 0.1 } else { 0.0 };
+        {
+            let mut outcome = Outcome::default();
+            let mut high = 0.0;
+            dissemination(&mut sim, &mut outcome, &mut high);
+            if let Some(full) = outcome.rounds {
+                scale.dissemination.push((loss, high, full));
+            }
+        }
+    }
+    let mut outcome = Outcome::default();
+    detection(&mut sim, &mut outcome);
+    scale.detection = outcome.detection;
+    sim.loss = 0.0;
+    false_positives(&mut sim, &mut outcome, Duration::from_secs(40), false);
+    scale.false_dead = outcome.false_dead;
+    scale.false_dead_heartbeating = outcome.false_dead_heartbeating;
+    scale.longest_false_dead = outcome.longest_false_dead;
+    scale.fixed_false_dead = outcome.fixed_false_dead;
+    scale.node_hours = outcome.node_hours;
+    sim.check_tables();
+    scale.failures = sim.failures;
+    scale
+}
+
+#[test]
+fn a_thousand_nodes_disseminate_detect_and_cost_what_is_printed() {
+    let seeds: Vec<u64> = (0..env_number("SIM_MEMBERS_SCALE_SEEDS").unwrap_or(2)).collect();
+    let results = std::sync::Mutex::new(Vec::new());
+    let jobs: Vec<_> = seeds
+        .iter()
+        .map(|&seed| {
+            let results = &results;
+            move || {
+                let scale = scale_run(seed);
+                results.lock().expect("no panic").push((seed, scale));
+                1
+            }
+        })
+        .collect();
+    sum_in_parallel(jobs);
+    let mut results = results.into_inner().expect("no panic");
+    results.sort_by_key(|(seed, _)| *seed);
+    let mut failures = Vec::new();
+    for (seed, scale) in &results {
+        let rounds = |loss: bool| {
+            scale
+                .dissemination
+                .iter()
+                .filter(|entry| entry.0 == loss)
+                .map(|entry| format!("{:.1}/{:.1}", entry.1, entry.2))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "sim_membership N={SCALE_N} seed {seed}: joined in {:.0} s; steady state {:.0} \
+             bytes/node/s in {:.1} datagrams/node/s; rounds to 99.99%/100% dissemination: 0% \
+             loss [{}], 10% loss [{}]; crash detected everywhere in {} ms (10% loss); stalls + \
+             10% loss over {:.1} node-hours: SWIM+Lifeguard {} false dead verdicts ({:.2}/node-h; \
+             {} about nodes that never stalled; longest held {} ms), fixed {} s timeout {} ({:.2}/node-h)",
+            scale.join_seconds,
+            scale.bytes_per_node_second,
+            scale.datagrams_per_node_second,
+            rounds(false),
+            rounds(true),
+            scale.detection.map_or("-".to_string(), |micros| (micros / 1000).to_string()),
+            scale.node_hours,
+            scale.false_dead,
+            scale.false_dead as f64 / scale.node_hours.max(1e-9),
+            scale.false_dead_heartbeating,
+            scale.longest_false_dead / 1000,
+            FIXED_TIMEOUT.as_secs(),
+            scale.fixed_false_dead,
+            scale.fixed_false_dead as f64 / scale.node_hours.max(1e-9),
+        );
+        failures.extend(scale.failures.iter().cloned());
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
