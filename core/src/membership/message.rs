@@ -31,8 +31,8 @@ pub const GROUPS_MAX: usize = 16;
 pub const HEAD_LEN_MAX: usize = 5 + 1 + (5 + 5 + ADDRESS_LEN_MAX) + 1;
 /// The largest encoded address: variant, 16 bytes, port varint.
 pub const ADDRESS_LEN_MAX: usize = 1 + 16 + 3;
-/// The largest encoded update: node, incarnation, state, address.
-pub const UPDATE_LEN_MAX: usize = 5 + 5 + 1 + ADDRESS_LEN_MAX;
+/// The largest encoded update: node, incarnation, state, address, version.
+pub const UPDATE_LEN_MAX: usize = 5 + 5 + 1 + ADDRESS_LEN_MAX + 10;
 /// The largest encoded digest item: node, incarnation, state, version.
 pub const DIGEST_ITEM_LEN_MAX: usize = 5 + 5 + 1 + 10;
 /// The largest encoded group head: node, base, entry count.
@@ -52,6 +52,7 @@ const _: () = assert!(GROUPS_MAX <= u8::MAX as usize);
 const _: () = assert!(RECORDS_MAX <= u8::MAX as usize);
 // `take` re-encodes every value in a scratch buffer of this size.
 const _: () = assert!(RECORD_LEN_MAX <= HEAD_LEN_MAX + 8);
+const _: () = assert!(UPDATE_LEN_MAX <= HEAD_LEN_MAX + 8);
 
 /// A member's state. The order is the precedence at equal incarnation: a later state overrides
 /// an earlier one (SWIM: suspect overrides alive, dead overrides suspect).
@@ -183,6 +184,10 @@ pub struct Update {
     pub state: State,
     /// Where the member is.
     pub address: Address,
+    /// The sender holds every application entry of the member up to this version (0: none
+    /// known). Not part of the precedence: a receiver holding less pulls the entries above
+    /// its own version from the sender.
+    pub version: u64,
 }
 
 /// One line of a digest: what the sender knows about a node.

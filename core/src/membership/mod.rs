@@ -122,6 +122,8 @@ const OUTBOX: usize = 32;
 const REQUESTS: usize = 8;
 /// Events kept until polled; more are dropped and counted.
 const EVENTS: usize = 32;
+/// Application-state pulls waiting or in flight; more wait for a later update or a digest.
+const PULLS: usize = 16;
 
 /// How a membership node behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,6 +292,7 @@ impl<const KEYS: usize, const VALUE_MAX: usize> Member<KEYS, VALUE_MAX> {
             incarnation: self.incarnation,
             state: self.state,
             address: self.addr.into(),
+            version: self.version,
         }
     }
 
@@ -464,6 +467,19 @@ struct Request {
     items: Vec<DigestItem, DIGEST_ITEMS_MAX>,
 }
 
+/// A pull of a member's application entries: an update said member `from` holds them up to
+/// `version`, above what this node holds. Sent as a digest of this node's view of the member
+/// (merged with other pulls waiting for the same peer); at most one per member is in flight per
+/// period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Pull {
+    node: NodeId,
+    from: NodeId,
+    version: u64,
+    /// When it was sent; `None` while it waits.
+    sent: Option<Instant>,
+}
+
 /// The shuffled round-robin probe order: index `(offset + step · stride) mod len`, with
 /// `stride` coprime to `len`, redrawn when a cycle ends or the table size changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -494,6 +510,7 @@ pub struct Membership<const N: usize, const KEYS: usize, const VALUE_MAX: usize>
     relays: Vec<Relay, RELAYS>,
     outbox: Deque<Outgoing, OUTBOX>,
     requests: Deque<Request, REQUESTS>,
+    pulls: Vec<Pull, PULLS>,
     events: Deque<Event, EVENTS>,
     rng: SplitMix64,
     stats: Stats,
@@ -534,6 +551,7 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
             relays: Vec::new(),
             outbox: Deque::new(),
             requests: Deque::new(),
+            pulls: Vec::new(),
             events: Deque::new(),
             rng: SplitMix64::new(u64::from(node.0) ^ (u64::from(incarnation) << 32)),
             stats: Stats::default(),
@@ -586,7 +604,7 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
     }
 
     /// Sets this node's entry `key` to `value` with the next version, and returns it. The
-    /// change spreads by push-pull.
+    /// new version is piggybacked like a state change; receivers pull the entries.
     pub fn set(&mut self, key: u8, value: &[u8]) -> Result<u64, SetError> {
         if self.own.state == State::Left {
             return Err(SetError::Left);
@@ -605,6 +623,8 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
             self.own.entries.push(entry).map_err(|_| SetError::Full)?;
         }
         self.own.version = version;
+        // The new version rides on the next datagrams' updates: receivers pull the entries.
+        self.own.transmits = self.retransmits();
         Ok(version)
     }
 

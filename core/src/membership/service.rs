@@ -273,7 +273,7 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
     fn apply_body(
         &mut self,
         now: Instant,
-        from: NodeId,
+        from: Peer,
         payload: &[u8],
     ) -> (
         Vec<DigestItem, DIGEST_ITEMS_MAX>,
@@ -282,6 +282,8 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
         let mut wants = Vec::new();
         let mut lacks = Vec::new();
         let mut group = None;
+        // Members the sender holds more application entries of than we do (by its updates).
+        let mut ahead: Vec<(NodeId, u64), UPDATES_MAX> = Vec::new();
         // Checked by the caller: this walk cannot fail, and each list holds every digest item.
         let _ = walk(payload, VALUE_MAX, &mut |item| match item {
             Item::Digest(item) => {
@@ -293,7 +295,10 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
                     let _ = lacks.push(lack);
                 }
             }
-            Item::Update(update) => self.apply_update(now, from, update),
+            Item::Update(update) => {
+                self.apply_update(now, from.node, update);
+                let _ = ahead.push((update.node, update.version));
+            }
             Item::Group(head) => group = self.begin_group(head),
             Item::Entry {
                 key,
@@ -307,6 +312,10 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
             // Only in pages, which the caller drops before applying.
             Item::Record(_) => {}
         });
+        // After the whole body: a delta's groups may have brought what its updates announce.
+        for (node, version) in ahead {
+            self.want_pull(now, node, from.node, version);
+        }
         (wants, lacks)
     }
 
@@ -684,7 +693,7 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Service
             _ => {}
         }
         self.heard_from(now, from.node, from.addr, head.incarnation);
-        let lists = self.apply_body(now, from.node, payload);
+        let lists = self.apply_body(now, from, payload);
         self.dispatch(now, from, head.message, lists);
     }
 
@@ -710,9 +719,11 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Service
     fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
         // Bounded by the queues: each pop either yields a datagram or drops one that cannot be
         // encoded into this buffer.
-        for _ in 0..(super::OUTBOX + super::REQUESTS) {
+        for _ in 0..(super::OUTBOX + super::PULLS + super::REQUESTS) {
             let transmit = if let Some(outgoing) = self.outbox.pop_front() {
                 self.encode_outgoing(now, outgoing, buffer)
+            } else if let Some(pull) = self.take_pulls(now) {
+                self.encode_request(&pull, buffer)
             } else {
                 let request = self.requests.pop_front()?;
                 self.encode_request(&request, buffer)

@@ -1,8 +1,8 @@
 //! The member table's merge rules: records, suspicions, refutations and application entries.
 
 use super::{
-    suspicion_timeout, DigestItem, Entry, Event, Group, Member, Membership, State, Update,
-    CONFIRMATIONS_MAX,
+    suspicion_timeout, DigestItem, Entry, Event, Group, Member, Membership, Pull, Request, State,
+    Update, CONFIRMATIONS_MAX,
 };
 use crate::crdt::NodeId;
 use crate::net::SocketAddr;
@@ -24,6 +24,7 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
             incarnation,
             state: State::Alive,
             address: addr.into(),
+            version: 0,
         };
         self.apply_update(now, node, update);
         let floor_ms = (self.config.probe_interval.as_millis() as u64 / 8).max(1);
@@ -267,10 +268,13 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
     /// member's version moves to the group's at once: the datagram was checked whole.
     pub(super) fn begin_group(&mut self, group: Group) -> Option<usize> {
         let index = self.index_of(group.node)?;
+        let retransmits = self.retransmits();
         let member = &mut self.members[index];
         if group.base > member.version || group.version <= member.version {
             return None;
         }
+        // The version rose: spread it like a state change, so others pull it from here.
+        member.transmits = retransmits;
         let generation = group.version >> 32;
         if generation > member.version >> 32 {
             // A newer life of the node: the previous life's entries are gone.
@@ -279,6 +283,9 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
                 .retain(|entry| entry.version >> 32 >= generation);
         }
         member.version = group.version;
+        let version = group.version;
+        self.pulls
+            .retain(|pull| pull.node != group.node || pull.version > version);
         Some(index)
     }
 
@@ -310,5 +317,85 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
                 }
             }
         }
+    }
+}
+
+/// Pulls: an update said a peer holds more of a member's application entries than this node.
+impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KEYS, VALUE_MAX> {
+    /// Member `from` holds `node`'s entries up to `version`: pull them unless they are held, or
+    /// a pull of them is already waiting or in flight (sent less than a period ago). Duplicates
+    /// merge into one pull; when the queue is full of pulls in flight, the pull is left to a
+    /// later update or to push-pull.
+    pub(super) fn want_pull(&mut self, now: Instant, node: NodeId, from: NodeId, version: u64) {
+        if node == self.own.node || self.member(node).is_none_or(|m| m.version >= version) {
+            return;
+        }
+        let period = self.period();
+        let in_flight = |pull: &Pull| pull.sent.is_some_and(|sent| now < sent + period);
+        if let Some(pull) = self.pulls.iter_mut().find(|pull| pull.node == node) {
+            pull.version = pull.version.max(version);
+            if !in_flight(pull) {
+                (pull.from, pull.sent) = (from, None);
+            }
+            return;
+        }
+        if self.pulls.is_full() {
+            self.pulls.retain(|pull| pull.sent.is_none() || in_flight(pull));
+        }
+        let pull = Pull {
+            node,
+            from,
+            version,
+            sent: None,
+        };
+        // Full of live pulls: this one waits for a later update.
+        let _ = self.pulls.push(pull);
+    }
+
+    /// The waiting pulls from one peer (the first waiting pull's), as a digest request of this
+    /// node's view of their members; they are in flight from `now`. A pull whose teller left
+    /// the table asks the member itself.
+    pub(super) fn take_pulls(&mut self, now: Instant) -> Option<Request> {
+        let period = self.period();
+        let mut index = 0;
+        while index < self.pulls.len() {
+            let pull = self.pulls[index];
+            let expired = pull.sent.is_some_and(|sent| now >= sent + period);
+            if expired || self.member(pull.node).is_none() {
+                self.pulls.swap_remove(index);
+            } else {
+                index += 1;
+            }
+        }
+        // Every pull left is of a known member: the request has at least one item.
+        let first = *self.pulls.iter().find(|pull| pull.sent.is_none())?;
+        let to = self.pull_addr(&first);
+        let mut items = Vec::new();
+        for index in 0..self.pulls.len() {
+            let pull = self.pulls[index];
+            if pull.sent.is_some() || self.pull_addr(&pull) != to || items.is_full() {
+                continue;
+            }
+            self.pulls[index].sent = Some(now);
+            if let Some(member) = self.member(pull.node) {
+                // Room was checked.
+                let _ = items.push(member.digest_item());
+            }
+        }
+        let request = Request {
+            to,
+            delta: false,
+            window: false,
+            items,
+        };
+        Some(request)
+    }
+
+    /// Where a pull is sent: the member that told, or the member itself when the teller is
+    /// gone. Only called for pulls of known members.
+    fn pull_addr(&self, pull: &Pull) -> SocketAddr {
+        self.member(pull.from)
+            .or_else(|| self.member(pull.node))
+            .map_or(self.own.addr, Member::addr)
     }
 }

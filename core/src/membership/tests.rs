@@ -600,14 +600,15 @@ fn malformed_payloads_are_counted_and_change_nothing() {
 
 #[test]
 fn golden_messages_match_spec_section_12() {
-    // SPEC.md 12.3, first example: a ping from incarnation 3, seq 7, carrying one update:
-    // node 2 suspect at incarnation 5, at 10.0.0.2:7000.
+    // SPEC.md 12.5, first example: a ping from incarnation 3, seq 7, carrying one update:
+    // node 2 suspect at incarnation 5, at 10.0.0.2:7000, its entries held up to 2^32 + 1.
     let mut buffer = [0u8; 64];
     let update = Update {
         node: NodeId(2),
         incarnation: 5,
         state: State::Suspect,
         address: Address::V4([10, 0, 0, 2], 7000),
+        version: (1 << 32) + 1,
     };
     let end = put(&update, &mut buffer, HEAD_LEN_MAX, 64).unwrap();
     let head = Head {
@@ -618,7 +619,12 @@ fn golden_messages_match_spec_section_12() {
     let len = finish(&head, &mut buffer, end).unwrap();
     assert_eq!(
         buffer[..len],
-        [0x03, 0x00, 0x07, 0x01, 0x02, 0x05, 0x01, 0x00, 0x0a, 0x00, 0x00, 0x02, 0xd8, 0x36]
+        [
+            0x03, 0x00, 0x07, 0x01, // head: incarnation 3, Ping, seq 7, 1 update
+            0x02, 0x05, 0x01, // update: node 2, incarnation 5, suspect
+            0x00, 0x0a, 0x00, 0x00, 0x02, 0xd8, 0x36, // 10.0.0.2:7000
+            0x81, 0x80, 0x80, 0x80, 0x10, // version 2^32 + 1
+        ]
     );
     // Second example: a delta with one group: node 1's entries in (0, 2^32 + 1], one entry
     // key 4 = "hi" at version 2^32 + 1.
@@ -706,13 +712,13 @@ proptest! {
     fn messages_round_trip(
         incarnation: u32,
         seq: u32,
-        updates in proptest::collection::vec((any::<u32>(), any::<u32>(), arbitrary_state(), any::<[u8; 4]>(), any::<u16>()), 0..20),
+        updates in proptest::collection::vec((any::<u32>(), any::<u32>(), arbitrary_state(), any::<[u8; 4]>(), any::<u16>(), any::<u64>()), 0..20),
     ) {
         let mut buffer = [0u8; MTU_DEFAULT];
         let mut at = HEAD_LEN_MAX;
         let mut sent = HeapVec::new();
-        for (node, incarnation, state, ip, port) in updates {
-            let update = Update { node: NodeId(node), incarnation, state, address: Address::V4(ip, port) };
+        for (node, incarnation, state, ip, port, version) in updates {
+            let update = Update { node: NodeId(node), incarnation, state, address: Address::V4(ip, port), version };
             at = put(&update, &mut buffer, at, MTU_DEFAULT).unwrap();
             sent.push(update);
         }
