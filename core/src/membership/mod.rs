@@ -27,7 +27,15 @@
 //!   shrinks toward it as distinct members forward the same suspicion (memberlist's formula).
 //! - **Dissemination.** Each changed record is piggybacked on the next
 //!   `retransmit_mult · ceil(log10(n + 1))` datagrams the node sends (pings, acks, digests,
-//!   deltas), round-robin over the table.
+//!   deltas), round-robin over the table. A record carries the version of the member's
+//!   application entries the sender holds, and a record whose version rose (a node's own `set`,
+//!   or entries received) is piggybacked again like a state change.
+//! - **Pulls.** A node that hears of a version above the one it holds pulls the entries from
+//!   the sender: a digest of its own view of that member (no window), answered with a delta. At
+//!   most 16 pulls wait or fly at once, those waiting for one peer go in one digest, and at most
+//!   one per member is in flight per probe period (an unanswered one is sent again, up to three
+//!   times in all). So a new version spreads as an epidemic, in
+//!   O(log N) periods, not only when push-pull windows happen to cover its record.
 //! - **Push-pull.** Every gossip interval the node sends `fanout` random live members a digest
 //!   of a rotating window of at most 16 records (itself first): `(node, incarnation, state,
 //!   application version)`. The receiver answers with a delta of what it knows better
@@ -124,6 +132,8 @@ const REQUESTS: usize = 8;
 const EVENTS: usize = 32;
 /// Application-state pulls waiting or in flight; more wait for a later update or a digest.
 const PULLS: usize = 16;
+/// Times a pull is sent (once per period) before it is given up to push-pull.
+const PULL_ATTEMPTS: u8 = 3;
 
 /// How a membership node behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,17 +477,22 @@ struct Request {
     items: Vec<DigestItem, DIGEST_ITEMS_MAX>,
 }
 
-/// A pull of a member's application entries: an update said member `from` holds them up to
-/// `version`, above what this node holds. Sent as a digest of this node's view of the member
-/// (merged with other pulls waiting for the same peer); at most one per member is in flight per
-/// period.
+/// A pull of a member's application entries: an update said member `from` (the latest to say
+/// so) holds them up to `version`, above what this node holds. Sent as a digest of this node's
+/// view of the member (merged with other pulls waiting for the same peer); at most one per
+/// member is in flight per period, and a pull not answered within a period is sent again, up
+/// to [`PULL_ATTEMPTS`] times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Pull {
     node: NodeId,
     from: NodeId,
     version: u64,
-    /// When it was sent; `None` while it waits.
-    sent: Option<Instant>,
+    /// When it was last sent.
+    sent: Instant,
+    /// Times sent.
+    attempts: u8,
+    /// Waiting to be sent.
+    waiting: bool,
 }
 
 /// The shuffled round-robin probe order: index `(offset + step · stride) mod len`, with

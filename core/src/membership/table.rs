@@ -2,7 +2,7 @@
 
 use super::{
     suspicion_timeout, DigestItem, Entry, Event, Group, Member, Membership, Pull, Request, State,
-    Update, CONFIRMATIONS_MAX,
+    Update, CONFIRMATIONS_MAX, PULL_ATTEMPTS,
 };
 use crate::crdt::NodeId;
 use crate::net::SocketAddr;
@@ -324,63 +324,77 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
 impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KEYS, VALUE_MAX> {
     /// Member `from` holds `node`'s entries up to `version`: pull them unless they are held, or
     /// a pull of them is already waiting or in flight (sent less than a period ago). Duplicates
-    /// merge into one pull; when the queue is full of pulls in flight, the pull is left to a
-    /// later update or to push-pull.
+    /// merge into one pull (the latest teller is asked); when the queue is full of live pulls,
+    /// the pull is left to a later update or to push-pull.
     pub(super) fn want_pull(&mut self, now: Instant, node: NodeId, from: NodeId, version: u64) {
         if node == self.own.node || self.member(node).is_none_or(|m| m.version >= version) {
             return;
         }
         let period = self.period();
-        let in_flight = |pull: &Pull| pull.sent.is_some_and(|sent| now < sent + period);
+        let overdue = |pull: &Pull| !pull.waiting && now >= pull.sent + period;
         if let Some(pull) = self.pulls.iter_mut().find(|pull| pull.node == node) {
             pull.version = pull.version.max(version);
-            if !in_flight(pull) {
-                (pull.from, pull.sent) = (from, None);
+            pull.from = from;
+            if overdue(pull) {
+                // Lost or not answered: news of the version again is worth another try.
+                pull.waiting = true;
+                pull.attempts = pull.attempts.min(PULL_ATTEMPTS - 1);
             }
             return;
         }
         if self.pulls.is_full() {
-            self.pulls.retain(|pull| pull.sent.is_none() || in_flight(pull));
+            if let Some(index) = self.pulls.iter().position(overdue) {
+                self.pulls.swap_remove(index);
+            }
         }
         let pull = Pull {
             node,
             from,
             version,
-            sent: None,
+            sent: now,
+            attempts: 0,
+            waiting: true,
         };
         // Full of live pulls: this one waits for a later update.
         let _ = self.pulls.push(pull);
     }
 
     /// The waiting pulls from one peer (the first waiting pull's), as a digest request of this
-    /// node's view of their members; they are in flight from `now`. A pull whose teller left
-    /// the table asks the member itself.
+    /// node's view of their members; they are in flight from `now`. A pull unanswered for a
+    /// period waits again, until sent [`PULL_ATTEMPTS`] times. A pull whose teller left the
+    /// table asks the member itself.
     pub(super) fn take_pulls(&mut self, now: Instant) -> Option<Request> {
         let period = self.period();
         let mut index = 0;
         while index < self.pulls.len() {
-            let pull = self.pulls[index];
-            let expired = pull.sent.is_some_and(|sent| now >= sent + period);
-            if expired || self.member(pull.node).is_none() {
+            let pull = &mut self.pulls[index];
+            let overdue = !pull.waiting && now >= pull.sent + period;
+            if overdue && pull.attempts < PULL_ATTEMPTS {
+                pull.waiting = true;
+            }
+            let node = pull.node;
+            if (overdue && !pull.waiting) || self.member(node).is_none() {
                 self.pulls.swap_remove(index);
             } else {
                 index += 1;
             }
         }
         // Every pull left is of a known member: the request has at least one item.
-        let first = *self.pulls.iter().find(|pull| pull.sent.is_none())?;
+        let first = *self.pulls.iter().find(|pull| pull.waiting)?;
         let to = self.pull_addr(&first);
         let mut items = Vec::new();
         for index in 0..self.pulls.len() {
             let pull = self.pulls[index];
-            if pull.sent.is_some() || self.pull_addr(&pull) != to || items.is_full() {
+            if !pull.waiting || self.pull_addr(&pull) != to || items.is_full() {
                 continue;
             }
-            self.pulls[index].sent = Some(now);
             if let Some(member) = self.member(pull.node) {
                 // Room was checked.
                 let _ = items.push(member.digest_item());
             }
+            let pull = &mut self.pulls[index];
+            (pull.waiting, pull.sent) = (false, now);
+            pull.attempts = pull.attempts.saturating_add(1);
         }
         let request = Request {
             to,

@@ -545,6 +545,76 @@ fn app_state_set_on_one_node_reaches_all_and_versions_only_increase() {
     }
 }
 
+/// Probe periods (= gossip rounds in `config`) until a version set on one node of 64 is held
+/// by all 63 others, with `loss_percent` loss from the set on; `None` when it took over 60 s.
+fn periods_to_spread(config: Config, loss_percent: u64) -> Option<u64> {
+    const COUNT: usize = 64;
+    let mut net = Net::new(COUNT, MTU_MIN, config);
+    let joined = net.run_until(Duration::from_secs(60), |net| {
+        (0..COUNT).all(|i| net.node(i).live_count() == COUNT - 1)
+    });
+    assert!(joined, "the cluster formed");
+    // Steady state: the join's records have been piggybacked their share of times.
+    net.run(Duration::from_secs(10));
+    net.loss_percent = loss_percent;
+    let origin = 5;
+    let version = net.nodes[origin]
+        .as_mut()
+        .unwrap()
+        .set(0, b"bumped")
+        .unwrap();
+    let start = net.now;
+    let spread = net.run_until(Duration::from_secs(60), |net| {
+        (0..COUNT)
+            .filter(|&observer| observer != origin)
+            .all(|observer| net.node(observer).member(id(origin)).unwrap().version() >= version)
+    });
+    let elapsed = net.now.saturating_duration_since(start);
+    let periods = elapsed
+        .as_micros()
+        .div_ceil(config.probe_interval.as_micros()) as u64;
+    std::eprintln!("spread to {COUNT} at {loss_percent}% loss in {periods} periods");
+    for index in 0..COUNT {
+        assert_eq!(net.node(index).stats().unencodable, 0);
+        assert_eq!(net.node(index).stats().malformed, 0);
+    }
+    spread.then_some(periods)
+}
+
+/// An epidemic spreads to N nodes in about log2 N + ln N rounds; allow three times
+/// ceil(log2 64) = 6 plus a few rounds for loss and pull round trips. Digests carry a member's
+/// version only while its record is in the sender's window (16 records, rotating), so without
+/// the versions on piggybacked updates a bump does not spread at all when push-pull is off,
+/// and takes O(N / 16) rounds when it is on (41 to 72 at N = 1000 in `sim_membership`).
+const SPREAD_BOUND: u64 = 3 * 6 + 4;
+
+#[test]
+fn a_version_bump_spreads_epidemically_by_piggybacked_updates_alone() {
+    // Push-pull off after the join: only pings, acks and pulls carry the new version.
+    let config = Config {
+        gossip_interval: Duration::from_secs(3600),
+        ..config()
+    };
+    for loss in [0, 10] {
+        let periods = periods_to_spread(config, loss).expect("the version reached every node");
+        assert!(
+            periods <= SPREAD_BOUND,
+            "{periods} periods at {loss}% loss, bound {SPREAD_BOUND}"
+        );
+    }
+}
+
+#[test]
+fn a_version_bump_spreads_within_the_epidemic_bound_with_push_pull() {
+    for loss in [0, 10] {
+        let periods = periods_to_spread(config(), loss).expect("the version reached every node");
+        assert!(
+            periods <= SPREAD_BOUND,
+            "{periods} periods at {loss}% loss, bound {SPREAD_BOUND}"
+        );
+    }
+}
+
 #[test]
 fn a_stalled_node_does_not_accuse_healthy_ones_when_it_wakes() {
     let mut net = Net::new(4, MTU_DEFAULT, config());
