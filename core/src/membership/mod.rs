@@ -133,7 +133,7 @@ const EVENTS: usize = 32;
 /// Application-state pulls waiting or in flight; more wait for a later update or a digest.
 const PULLS: usize = 16;
 /// Times a pull is sent (once per period) before it is given up to push-pull.
-const PULL_ATTEMPTS: u8 = 3;
+const PULL_ATTEMPTS: u8 = 4;
 
 /// How a membership node behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

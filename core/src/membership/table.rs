@@ -330,6 +330,20 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
         if node == self.own.node || self.member(node).is_none_or(|m| m.version >= version) {
             return;
         }
+        // A version with no entry written in its life (`start_incarnation << 32` exactly): there
+        // is nothing to pull, so it is held at once (the previous life's entries are gone).
+        // Every member a joining node learns of announces one, and pulling for each of them
+        // crowded out the membership traffic of a large join.
+        if version & u64::from(u32::MAX) == 0 {
+            if let Some(index) = self.index_of(node) {
+                let member = &mut self.members[index];
+                member
+                    .entries
+                    .retain(|entry| entry.version >> 32 >= version >> 32);
+                member.version = version;
+            }
+            return;
+        }
         let period = self.period();
         let overdue = |pull: &Pull| !pull.waiting && now >= pull.sent + period;
         if let Some(pull) = self.pulls.iter_mut().find(|pull| pull.node == node) {
@@ -405,11 +419,18 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
         Some(request)
     }
 
-    /// Where a pull is sent: the member that told, or the member itself when the teller is
-    /// gone. Only called for pulls of known members.
+    /// Where a pull is sent: first to the member that told (it holds the version and is
+    /// nearby in the epidemic), a retry to the member itself (the one node sure to hold its
+    /// own entries), and to whichever is still known when the other is gone. Only called for
+    /// pulls of known members.
     fn pull_addr(&self, pull: &Pull) -> SocketAddr {
-        self.member(pull.from)
-            .or_else(|| self.member(pull.node))
+        let (first, second) = if pull.attempts % 2 == 0 {
+            (pull.from, pull.node)
+        } else {
+            (pull.node, pull.from)
+        };
+        self.member(first)
+            .or_else(|| self.member(second))
             .map_or(self.own.addr, Member::addr)
     }
 }
