@@ -424,7 +424,7 @@ impl<const N: usize, const KEYS: usize, const VALUE_MAX: usize> Membership<N, KE
     /// own entries), and to whichever is still known when the other is gone. Only called for
     /// pulls of known members.
     fn pull_addr(&self, pull: &Pull) -> SocketAddr {
-        let (first, second) = if pull.attempts % 2 == 0 {
+        let (first, second) = if pull.attempts.is_multiple_of(2) {
             (pull.from, pull.node)
         } else {
             (pull.node, pull.from)
