@@ -21,6 +21,8 @@
 //! - [`dcounter`] — the distributed counter (G-Counter gossip, durable increments);
 //! - [`jobs`] — the job scheduler: jobs and their transitions in a log, leases with fencing
 //!   tokens, retries with backoff, a dead-letter state;
+//! - [`lock`] — the distributed lock: named leases with fencing tokens, renewal and expiry on
+//!   monotonic time, a drift bound and a lock-delay after restarts;
 //! - [`membership`] — SWIM failure detection with Lifeguard, dissemination, and push-pull
 //!   gossip of per-node versioned application state within the MTU;
 //! - [`queue`] — reliable message delivery: named queues, idempotent producers, delivery
@@ -40,6 +42,7 @@ pub mod dcounter;
 pub mod driver;
 pub mod frame;
 pub mod jobs;
+pub mod lock;
 pub mod log;
 pub mod membership;
 pub mod net;

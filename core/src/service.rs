@@ -30,6 +30,8 @@ pub mod kind {
     pub const JOBS: u8 = 4;
     /// Membership: SWIM probes, dissemination and push-pull of application state.
     pub const MEMBERSHIP: u8 = 5;
+    /// The distributed lock (client requests: acquire, renew, release, status).
+    pub const LOCK: u8 = 6;
 }
 
 /// The sender of a message, as the wire envelope authenticated it.
