@@ -99,7 +99,9 @@ impl Default for Config {
 /// `ttl` stretched by the drift bound: `ttl · (1 + ppm / 10⁶)`, rounded up.
 pub fn guarded(ttl: Duration, drift_ppm: u32) -> Duration {
     let micros = ttl.as_micros();
-    let extra = (micros.saturating_mul(u128::from(drift_ppm)) + 999_999) / 1_000_000;
+    let extra = micros
+        .saturating_mul(u128::from(drift_ppm))
+        .div_ceil(1_000_000);
     Duration::from_micros(u64::try_from(micros.saturating_add(extra)).unwrap_or(u64::MAX))
 }
 

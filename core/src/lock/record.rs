@@ -107,7 +107,7 @@ impl<'a> Record<'a> {
     }
 
     /// Decodes a record of `kind`; `None` when the payload is not exactly one valid record.
-    /// CHECKPOINT is decoded by [`Index::apply_checkpoint`].
+    /// CHECKPOINT is decoded by `Index::apply_checkpoint`.
     pub fn decode(kind: u8, payload: &'a [u8]) -> Option<Self> {
         match kind {
             KIND_GRANT => exact(payload)
