@@ -175,6 +175,13 @@ fn tokens_strictly_increase_across_grants_and_across_a_crash_at_any_point() {
         }
         let after = reopen_crashed(&storage, |_| true, now);
         assert!(after.next_token() > answered_max, "round {round}");
+        // A lock held when the power went is still held, by the same holder and token.
+        let status = after.status(now, name);
+        let held = (round % 2 == 1).then_some(holder);
+        assert_eq!(status.holder, held, "round {round}");
+        if held.is_some() {
+            assert_eq!(status.token, grant.token, "round {round}");
+        }
     }
     assert!(checked > 0);
     assert!(server.stats().checkpoints > 0);
@@ -404,6 +411,34 @@ fn answers_wait_for_the_commit_and_a_held_refusal_says_when_to_retry() {
         ]
     );
     assert_eq!(server.poll_timeout(), None);
+}
+
+#[test]
+fn requests_beyond_the_pending_answers_are_refused_busy() {
+    let mut server = fresh();
+    let acquire = Message::Acquire {
+        request: 0,
+        name: b"x",
+        ttl_ms: 1000,
+    };
+    send(&mut server, at(0), client(1), &acquire);
+    for request in 1..=8 {
+        let status = Message::Status {
+            request,
+            name: b"x",
+        };
+        send(&mut server, at(0), client(2), &status);
+    }
+    assert_eq!(
+        answers(&mut server, at(0)),
+        [Message::Refused {
+            request: 8,
+            reason: Refusal::Busy,
+            retry_ms: 0
+        }]
+    );
+    server.commit().unwrap();
+    assert_eq!(answers(&mut server, at(0)).len(), 8);
 }
 
 #[test]
