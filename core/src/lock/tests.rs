@@ -541,3 +541,75 @@ proptest! {
         let _ = index.apply_checkpoint(&bytes);
     }
 }
+
+/// A RAM storage whose writes can be made to fail.
+struct Flaky {
+    inner: Ram,
+    fail_writes: bool,
+}
+
+impl Storage for Flaky {
+    type Error = crate::storage::ContractError;
+
+    fn geometry(&self) -> crate::storage::Geometry {
+        self.inner.geometry()
+    }
+
+    fn read(&mut self, offset: u64, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.inner.read(offset, bytes)
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Self::Error> {
+        if self.fail_writes {
+            return Err(crate::storage::ContractError::OutOfRange);
+        }
+        self.inner.write(offset, bytes)
+    }
+
+    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
+        self.inner.erase(offset, len)
+    }
+
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        self.inner.sync()
+    }
+}
+
+#[test]
+fn a_failed_commit_answers_unavailable_and_refuses_every_later_write() {
+    type FlakyServer = LockServer<Flaky, [u8; 2048], 4, 8>;
+    let flaky = Flaky {
+        inner: RamStorage::new(8, 512, 0xFF).unwrap(),
+        fail_writes: false,
+    };
+    let mut server = FlakyServer::open(flaky, [0; 2048], config(), at(0))
+        .unwrap()
+        .0;
+    let acquire = Message::Acquire {
+        request: 1,
+        name: b"x",
+        ttl_ms: 1000,
+    };
+    send(&mut server, at(0), client(1), &acquire);
+    server.log.storage_mut().fail_writes = true;
+    assert!(server.commit().is_err());
+    assert_eq!(
+        answers(&mut server, at(0)),
+        [Message::Refused {
+            request: 1,
+            reason: Refusal::Unavailable,
+            retry_ms: 0
+        }]
+    );
+    assert_eq!(
+        server.acquire(at(5000), b"y", NodeId(2), secs(1)),
+        Err(Refusal::Unavailable)
+    );
+    // A restart recovers: the grant never reached the medium, so the lock is free.
+    let (mut storage, buffer) = server.into_parts();
+    storage.fail_writes = false;
+    let server = FlakyServer::open(storage, buffer, config(), at(6000))
+        .unwrap()
+        .0;
+    assert!(server.locks().is_empty());
+}
