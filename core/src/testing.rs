@@ -104,3 +104,38 @@ impl crate::storage::Storage for Unordered {
         Ok(())
     }
 }
+
+/// RAM storage whose writes fail on demand (`fail_writes`): a commit that fails never reaches
+/// the medium.
+#[derive(Debug)]
+pub(crate) struct Flaky<const CAPACITY: usize> {
+    pub(crate) inner: crate::storage::RamStorage<CAPACITY>,
+    pub(crate) fail_writes: bool,
+}
+
+impl<const CAPACITY: usize> crate::storage::Storage for Flaky<CAPACITY> {
+    type Error = crate::storage::ContractError;
+
+    fn geometry(&self) -> crate::storage::Geometry {
+        self.inner.geometry()
+    }
+
+    fn read(&mut self, offset: u64, bytes: &mut [u8]) -> Result<(), Self::Error> {
+        self.inner.read(offset, bytes)
+    }
+
+    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Self::Error> {
+        if self.fail_writes {
+            return Err(crate::storage::ContractError::OutOfRange);
+        }
+        self.inner.write(offset, bytes)
+    }
+
+    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
+        self.inner.erase(offset, len)
+    }
+
+    fn sync(&mut self) -> Result<(), Self::Error> {
+        self.inner.sync()
+    }
+}

@@ -5,6 +5,7 @@ use core::net::{IpAddr, Ipv4Addr};
 use std::vec::Vec as HeapVec;
 
 type Ram = RamStorage<16384>;
+type Flaky = crate::testing::Flaky<16384>;
 type Node = DistributedCounter<Ram, [u8; 2048], 8, 8, 16, 8>;
 
 fn addr(index: usize) -> SocketAddr {
@@ -355,40 +356,6 @@ fn converged_peers_stop_sending_entries() {
         .map(|node| node.stats().entries_raised)
         .collect();
     assert_eq!(raised, after);
-}
-
-/// RAM storage whose writes fail on demand: a failed commit never reaches the medium.
-#[derive(Debug)]
-struct Flaky {
-    inner: Ram,
-    fail_writes: bool,
-}
-
-impl crate::storage::Storage for Flaky {
-    type Error = crate::storage::ContractError;
-
-    fn geometry(&self) -> crate::storage::Geometry {
-        self.inner.geometry()
-    }
-
-    fn read(&mut self, offset: u64, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        self.inner.read(offset, bytes)
-    }
-
-    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Self::Error> {
-        if self.fail_writes {
-            return Err(crate::storage::ContractError::OutOfRange);
-        }
-        self.inner.write(offset, bytes)
-    }
-
-    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
-        self.inner.erase(offset, len)
-    }
-
-    fn sync(&mut self) -> Result<(), Self::Error> {
-        self.inner.sync()
-    }
 }
 
 #[test]

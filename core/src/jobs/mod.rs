@@ -740,25 +740,14 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
         self.release_after_sync()
     }
 
-    /// Releases what the last checkpoint allows, once it is durable. The release point is
-    /// usually the oldest unfinished SUBMIT, a frame durable long before: the log applies such a
-    /// release at once and records it in a frame of its own, and unsynced writes are independent,
-    /// so released before the sync that frame could reach the medium without the checkpoint and
-    /// SUBMIT copies that justify it, and recovery would start past a job's only SUBMIT. After
-    /// the sync, a crash before the release frame is durable merely replays more.
+    /// Releases what the last checkpoint allows (the oldest unfinished SUBMIT), once that
+    /// checkpoint and the SUBMITs it copied forward are durable (see
+    /// [`Log::release_checkpointed`]).
     fn release_after_sync(&mut self) -> Result<(), CommitError<S::Error>> {
-        let Some(frame) = self.pending_release.take() else {
-            return Ok(());
-        };
-        let live = self.log.first_live_epoch();
-        self.log
-            .release_before(frame)
-            .map_err(CommitError::Release)?;
-        if self.log.first_live_epoch() > live {
-            // A segment was freed: make its release frame durable now rather than with the next
-            // commit. Every restart begins a fresh segment, so on a small log releases lost to
-            // crashes add up until no segment is free.
-            self.log.sync().map_err(CommitError::Sync)?;
+        if let Some(frame) = self.pending_release.take() {
+            self.log
+                .release_checkpointed(frame)
+                .map_err(CommitError::Release)?;
         }
         Ok(())
     }

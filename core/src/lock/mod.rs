@@ -468,20 +468,13 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
         self.release_after_sync()
     }
 
-    /// Releases the segments before the last checkpoint once it is durable (as the job
-    /// scheduler does: a release frame must never reach the medium before the checkpoint that
-    /// justifies it).
+    /// Releases the segments before the last checkpoint once it is durable (see
+    /// [`Log::release_checkpointed`]).
     fn release_after_sync(&mut self) -> Result<(), CommitError<S::Error>> {
-        let Some(frame) = self.pending_release.take() else {
-            return Ok(());
-        };
-        let live = self.log.first_live_epoch();
-        self.log
-            .release_before(frame)
-            .map_err(CommitError::Release)?;
-        if self.log.first_live_epoch() > live {
-            // Make the freed segment's release durable now rather than with the next commit.
-            self.log.sync().map_err(CommitError::Sync)?;
+        if let Some(frame) = self.pending_release.take() {
+            self.log
+                .release_checkpointed(frame)
+                .map_err(CommitError::Release)?;
         }
         Ok(())
     }

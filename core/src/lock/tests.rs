@@ -8,6 +8,7 @@ use proptest::prelude::*;
 use std::vec::Vec as HeapVec;
 
 type Ram = RamStorage<32768>;
+type Flaky = crate::testing::Flaky<32768>;
 type Server = LockServer<Ram, [u8; 2048], 4, 8>;
 type Crashy = LockServer<Unordered, HeapVec<u8>, 4, 8>;
 
@@ -539,39 +540,6 @@ proptest! {
         }
         let mut index = record::Index::<4>::new();
         let _ = index.apply_checkpoint(&bytes);
-    }
-}
-
-/// A RAM storage whose writes can be made to fail.
-struct Flaky {
-    inner: Ram,
-    fail_writes: bool,
-}
-
-impl Storage for Flaky {
-    type Error = crate::storage::ContractError;
-
-    fn geometry(&self) -> crate::storage::Geometry {
-        self.inner.geometry()
-    }
-
-    fn read(&mut self, offset: u64, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        self.inner.read(offset, bytes)
-    }
-
-    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Self::Error> {
-        if self.fail_writes {
-            return Err(crate::storage::ContractError::OutOfRange);
-        }
-        self.inner.write(offset, bytes)
-    }
-
-    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
-        self.inner.erase(offset, len)
-    }
-
-    fn sync(&mut self) -> Result<(), Self::Error> {
-        self.inner.sync()
     }
 }
 

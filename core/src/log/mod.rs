@@ -531,6 +531,25 @@ impl<S: Storage, B: AsMut<[u8]>> Log<S, B> {
         self.record_release_early()
     }
 
+    /// Releases the segments before `frame` once the checkpoint that justifies it is durable:
+    /// call it right after the sync that made that checkpoint (and any records it copied
+    /// forward) durable, never before. `frame` is often a record durable long ago (the oldest
+    /// one still needed), so [`Log::release_before`] applies at once and writes a release
+    /// frame; unsynced writes land independently, so released before that sync, the release
+    /// frame could reach the medium without the checkpoint and recovery would start past
+    /// records still needed. When the release frees a segment it is synced at once: every
+    /// restart after a crash begins a fresh segment, so on a small log releases lost to crashes
+    /// would add up until no segment is free. Returns whether a segment was freed.
+    pub fn release_checkpointed(&mut self, frame: Appended) -> Result<bool, SyncError<S::Error>> {
+        let live = self.first_live_epoch();
+        self.release_before(frame)?;
+        let freed = self.first_live_epoch() > live;
+        if freed {
+            self.sync()?;
+        }
+        Ok(freed)
+    }
+
     /// Records the release in a release frame right away (durable with the next sync), so that
     /// a crash soon after does not leave recovery with every segment live. Only a release that
     /// frees a segment is worth a frame: within a segment the recorded start may lag, since

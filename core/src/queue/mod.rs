@@ -786,22 +786,14 @@ impl<
         self.release_after_sync()
     }
 
-    /// Releases what the last checkpoint allows, once that checkpoint is durable. The release
-    /// point is usually the oldest live SEND, durable long before: the log applies such a
-    /// release at once and records it in a frame of its own, and unsynced writes land
-    /// independently, so released before the sync that frame could reach the medium without
-    /// the checkpoint (producer table, id counter) and relocated copies that justify it. After
-    /// the sync, a crash before the release frame is durable merely replays more. A release
-    /// that frees a segment is synced at once: every restart begins a fresh segment, so on a
-    /// small log releases lost to crashes would add up until no segment is free.
+    /// Releases what the last checkpoint allows (the oldest live SEND), once that checkpoint
+    /// (producer table, id counter) and relocated copies are durable (see
+    /// [`Log::release_checkpointed`]).
     fn release_after_sync(&mut self) -> Result<(), CommitError<S::Error>> {
-        let Some(frame) = self.pending_release.take() else {
-            return Ok(());
-        };
-        let live = self.log.first_live_epoch();
-        self.log.release_before(frame).map_err(CommitError::Sync)?;
-        if self.log.first_live_epoch() > live {
-            self.log.sync().map_err(CommitError::Sync)?;
+        if let Some(frame) = self.pending_release.take() {
+            self.log
+                .release_checkpointed(frame)
+                .map_err(CommitError::Sync)?;
         }
         Ok(())
     }

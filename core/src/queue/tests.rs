@@ -10,6 +10,7 @@ use std::collections::BTreeSet;
 use std::vec::Vec as HeapVec;
 
 type Ram = RamStorage<8192>;
+type Flaky = crate::testing::Flaky<8192>;
 type Q = Queue<Ram, [u8; 1024], 16, 4, 4, 8>;
 
 const LEASE: Duration = Duration::from_secs(10);
@@ -742,40 +743,6 @@ proptest! {
             }
         }
         prop_assert!(full_acks < 40);
-    }
-}
-
-/// RAM storage whose writes fail on demand.
-#[derive(Debug)]
-struct Flaky {
-    inner: Ram,
-    fail_writes: bool,
-}
-
-impl crate::storage::Storage for Flaky {
-    type Error = crate::storage::ContractError;
-
-    fn geometry(&self) -> crate::storage::Geometry {
-        self.inner.geometry()
-    }
-
-    fn read(&mut self, offset: u64, bytes: &mut [u8]) -> Result<(), Self::Error> {
-        self.inner.read(offset, bytes)
-    }
-
-    fn write(&mut self, offset: u64, bytes: &[u8]) -> Result<(), Self::Error> {
-        if self.fail_writes {
-            return Err(crate::storage::ContractError::OutOfRange);
-        }
-        self.inner.write(offset, bytes)
-    }
-
-    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
-        self.inner.erase(offset, len)
-    }
-
-    fn sync(&mut self) -> Result<(), Self::Error> {
-        self.inner.sync()
     }
 }
 
