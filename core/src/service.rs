@@ -152,143 +152,159 @@ impl<A: Service> Services for A {
     }
 }
 
-impl<A: Services, B: Services> Services for (A, B) {
-    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool {
-        self.0.handle_message(now, kind, from, payload)
-            || self.1.handle_message(now, kind, from, payload)
-    }
+/// `Services` for a tuple: messages go to the first member that takes the kind, timers and
+/// commits run on every member (each commit even when an earlier one failed; the first failure
+/// is returned), transmits are polled in order, and the deadline is the earliest.
+macro_rules! tuple_services {
+    ($($name:ident $index:tt),+) => {
+        impl<$($name: Services),+> Services for ($($name,)+) {
+            fn handle_message(
+                &mut self,
+                now: Instant,
+                kind: u8,
+                from: Peer,
+                payload: &[u8],
+            ) -> bool {
+                $(self.$index.handle_message(now, kind, from, payload))||+
+            }
 
-    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
-        self.0.handle_timeout(now, rng);
-        self.1.handle_timeout(now, rng);
-    }
+            fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
+                $(self.$index.handle_timeout(now, rng);)+
+            }
 
-    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)> {
-        self.0
-            .poll_transmit(now, buffer)
-            .or_else(|| self.1.poll_transmit(now, buffer))
-    }
+            fn poll_transmit(
+                &mut self,
+                now: Instant,
+                buffer: &mut [u8],
+            ) -> Option<(u8, Transmit)> {
+                $(if let Some(transmit) = self.$index.poll_transmit(now, buffer) {
+                    return Some(transmit);
+                })+
+                None
+            }
 
-    fn poll_timeout(&self) -> Option<Instant> {
-        earliest(self.0.poll_timeout(), self.1.poll_timeout())
-    }
+            fn poll_timeout(&self) -> Option<Instant> {
+                let mut deadline = None;
+                $(deadline = earliest(deadline, self.$index.poll_timeout());)+
+                deadline
+            }
 
-    fn commit(&mut self) -> Result<(), CommitFailed> {
-        let first = self.0.commit();
-        let second = self.1.commit();
-        first.and(second)
-    }
+            fn commit(&mut self) -> Result<(), CommitFailed> {
+                let mut result = Ok(());
+                $(result = result.and(self.$index.commit());)+
+                result
+            }
+        }
+    };
 }
 
-impl<A: Services, B: Services, C: Services> Services for (A, B, C) {
-    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool {
-        self.0.handle_message(now, kind, from, payload)
-            || self.1.handle_message(now, kind, from, payload)
-            || self.2.handle_message(now, kind, from, payload)
+tuple_services!(A 0, B 1);
+tuple_services!(A 0, B 1, C 2);
+tuple_services!(A 0, B 1, C 2, D 3);
+tuple_services!(A 0, B 1, C 2, D 3, E 4);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+    use core::net::{IpAddr, Ipv4Addr};
+
+    /// A service of kind `K` that counts what it was given and fails its commit on demand.
+    #[derive(Default)]
+    struct Probe<const K: u8> {
+        messages: u32,
+        timeouts: u32,
+        commits: u32,
+        fail_commit: bool,
+        deadline: Option<Instant>,
+        to_send: u32,
     }
 
-    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
-        self.0.handle_timeout(now, rng);
-        self.1.handle_timeout(now, rng);
-        self.2.handle_timeout(now, rng);
+    impl<const K: u8> Service for Probe<K> {
+        const KIND: u8 = K;
+        type Error = ();
+
+        fn handle_message(&mut self, _: Instant, _: Peer, _: &[u8]) {
+            self.messages += 1;
+        }
+
+        fn handle_timeout<R: Rng>(&mut self, _: Instant, _: &mut R) {
+            self.timeouts += 1;
+        }
+
+        fn poll_transmit(&mut self, _: Instant, buffer: &mut [u8]) -> Option<Transmit> {
+            self.to_send = self.to_send.checked_sub(1)?;
+            buffer[0] = K;
+            Some(Transmit {
+                to: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1),
+                len: 1,
+            })
+        }
+
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.deadline
+        }
+
+        fn commit(&mut self) -> Result<(), ()> {
+            self.commits += 1;
+            if self.fail_commit {
+                Err(())
+            } else {
+                Ok(())
+            }
+        }
     }
 
-    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)> {
-        self.0
-            .poll_transmit(now, buffer)
-            .or_else(|| self.1.poll_transmit(now, buffer))
-            .or_else(|| self.2.poll_transmit(now, buffer))
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        let first = earliest(self.0.poll_timeout(), self.1.poll_timeout());
-        earliest(first, self.2.poll_timeout())
-    }
-
-    fn commit(&mut self) -> Result<(), CommitFailed> {
-        let first = self.0.commit();
-        let second = self.1.commit();
-        let third = self.2.commit();
-        first.and(second).and(third)
-    }
-}
-
-impl<A: Services, B: Services, C: Services, D: Services> Services for (A, B, C, D) {
-    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool {
-        self.0.handle_message(now, kind, from, payload)
-            || self.1.handle_message(now, kind, from, payload)
-            || self.2.handle_message(now, kind, from, payload)
-            || self.3.handle_message(now, kind, from, payload)
-    }
-
-    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
-        self.0.handle_timeout(now, rng);
-        self.1.handle_timeout(now, rng);
-        self.2.handle_timeout(now, rng);
-        self.3.handle_timeout(now, rng);
-    }
-
-    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)> {
-        self.0
-            .poll_transmit(now, buffer)
-            .or_else(|| self.1.poll_transmit(now, buffer))
-            .or_else(|| self.2.poll_transmit(now, buffer))
-            .or_else(|| self.3.poll_transmit(now, buffer))
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        let first = earliest(self.0.poll_timeout(), self.1.poll_timeout());
-        let second = earliest(self.2.poll_timeout(), self.3.poll_timeout());
-        earliest(first, second)
-    }
-
-    fn commit(&mut self) -> Result<(), CommitFailed> {
-        let first = self.0.commit();
-        let second = self.1.commit();
-        let third = self.2.commit();
-        let fourth = self.3.commit();
-        first.and(second).and(third).and(fourth)
-    }
-}
-
-impl<A: Services, B: Services, C: Services, D: Services, E: Services> Services for (A, B, C, D, E) {
-    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool {
-        self.0.handle_message(now, kind, from, payload)
-            || self.1.handle_message(now, kind, from, payload)
-            || self.2.handle_message(now, kind, from, payload)
-            || self.3.handle_message(now, kind, from, payload)
-            || self.4.handle_message(now, kind, from, payload)
-    }
-
-    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
-        self.0.handle_timeout(now, rng);
-        self.1.handle_timeout(now, rng);
-        self.2.handle_timeout(now, rng);
-        self.3.handle_timeout(now, rng);
-        self.4.handle_timeout(now, rng);
-    }
-
-    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)> {
-        self.0
-            .poll_transmit(now, buffer)
-            .or_else(|| self.1.poll_transmit(now, buffer))
-            .or_else(|| self.2.poll_transmit(now, buffer))
-            .or_else(|| self.3.poll_transmit(now, buffer))
-            .or_else(|| self.4.poll_transmit(now, buffer))
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        let first = earliest(self.0.poll_timeout(), self.1.poll_timeout());
-        let second = earliest(self.2.poll_timeout(), self.3.poll_timeout());
-        earliest(earliest(first, second), self.4.poll_timeout())
-    }
-
-    fn commit(&mut self) -> Result<(), CommitFailed> {
-        let first = self.0.commit();
-        let second = self.1.commit();
-        let third = self.2.commit();
-        let fourth = self.3.commit();
-        let fifth = self.4.commit();
-        first.and(second).and(third).and(fourth).and(fifth)
+    #[test]
+    fn a_tuple_dispatches_by_kind_polls_in_order_and_commits_every_member() {
+        let mut services = (
+            Probe::<1>::default(),
+            Probe::<2> {
+                fail_commit: true,
+                deadline: Some(Instant::from_millis(30)),
+                to_send: 1,
+                ..Probe::default()
+            },
+            Probe::<3> {
+                fail_commit: true,
+                deadline: Some(Instant::from_millis(20)),
+                to_send: 1,
+                ..Probe::default()
+            },
+        );
+        let peer = Peer {
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 2),
+            node: NodeId(9),
+            incarnation: 1,
+        };
+        assert!(services.handle_message(Instant::ZERO, 3, peer, b"x"));
+        assert!(!services.handle_message(Instant::ZERO, 7, peer, b"x"));
+        assert_eq!(
+            (
+                services.0.messages,
+                services.1.messages,
+                services.2.messages
+            ),
+            (0, 0, 1)
+        );
+        services.handle_timeout(Instant::ZERO, &mut SplitMix64::new(1));
+        assert_eq!(
+            services.0.timeouts + services.1.timeouts + services.2.timeouts,
+            3
+        );
+        assert_eq!(services.poll_timeout(), Some(Instant::from_millis(20)));
+        let mut buffer = [0u8; 4];
+        let kinds: [Option<u8>; 3] = core::array::from_fn(|_| {
+            services
+                .poll_transmit(Instant::ZERO, &mut buffer)
+                .map(|(kind, _)| kind)
+        });
+        assert_eq!(kinds, [Some(2), Some(3), None]);
+        assert_eq!(services.commit(), Err(CommitFailed { kind: 2 }));
+        assert_eq!(
+            (services.0.commits, services.1.commits, services.2.commits),
+            (1, 1, 1),
+            "a failed commit does not skip the others"
+        );
     }
 }
