@@ -13,206 +13,71 @@
 //! temporary directory under `CARGO_TARGET_TMPDIR`.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bedrock");
+mod common;
+use common::{
+    assert_one_error_line, bedrock, free_address, scratch, text, NodeProcess, BIN, BIND_ATTEMPTS,
+};
+
 /// The longest wait for the cluster to converge, or for a process to start or stop.
 const DEADLINE: Duration = Duration::from_secs(20);
-/// Attempts at binding a node's port (a free port may be taken by another process meanwhile).
-const BIND_ATTEMPTS: u32 = 20;
 
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("cluster-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// Runs `bedrock` with `args` to completion.
-fn bedrock(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().unwrap()
-}
-
-/// Asserts a failure with exactly one `error:` line on stderr and nothing on stdout.
-fn assert_one_error_line(output: &Output, status: i32) -> String {
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(status), "stderr: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(text(&output.stdout), "");
-    stderr.trim_end().to_string()
-}
-
-/// A port on `ip` that was free a moment ago: bound with port 0, then released.
-fn free_address(ip: Ipv4Addr) -> SocketAddr {
-    let socket = UdpSocket::bind((ip, 0)).unwrap();
-    socket.local_addr().unwrap()
-}
-
-/// Sends `signal` to the process `pid`.
-#[allow(unsafe_code)]
-fn send_signal(pid: u32, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
-    let result = unsafe { libc::kill(pid, signal) };
-    assert_eq!(result, 0, "kill({pid}, {signal})");
-}
-
-/// One node: where it lives and, while it runs, its process and stderr.
+/// One node: where it lives and its process.
 struct Node {
     id: u32,
     addr: SocketAddr,
     data: PathBuf,
-    child: Option<Child>,
-    /// Every stderr line of every run of this node, in order.
-    stderr: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
-}
-
-/// How a start ended.
-enum Started {
-    Running,
-    /// The address was taken: try another port (or the same one again, later).
-    AddressInUse,
+    process: NodeProcess,
 }
 
 impl Node {
-    fn args(&self, peers: &[SocketAddr], key: &Path) -> Vec<String> {
-        let mut args = vec![
-            "node".to_string(),
-            "--id".to_string(),
-            self.id.to_string(),
-            "--listen".to_string(),
-            self.addr.to_string(),
-            "--data".to_string(),
-            self.data.display().to_string(),
-            "--key-file".to_string(),
-            key.display().to_string(),
-        ];
+    /// Starts the node with `peers` and waits for its start line; false when its address was
+    /// taken.
+    fn start(&mut self, peers: &[SocketAddr], key: &Path) -> bool {
+        let mut command = Command::new(BIN);
+        command
+            .args(["node", "--id", &self.id.to_string()])
+            .args(["--listen", &self.addr.to_string()])
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--key-file")
+            .arg(key);
         for peer in peers {
-            args.push("--peer".to_string());
-            args.push(peer.to_string());
+            command.args(["--peer", &peer.to_string()]);
         }
-        args
-    }
-
-    /// Starts the node and waits for its start line (it is listening then), or for its exit.
-    fn start(&mut self, peers: &[SocketAddr], key: &Path) -> Started {
-        assert!(self.child.is_none(), "node {} runs already", self.id);
-        let mut child = Command::new(BIN)
-            .args(self.args(peers, key))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (lines, started) = mpsc::channel();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let sink = Arc::clone(&self.stderr);
-        self.reader = Some(thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line.clone());
-                let _ = lines.send(line);
-            }
-        }));
-        self.child = Some(child);
-        self.wait_for_start(&started)
-    }
-
-    fn wait_for_start(&mut self, lines: &Receiver<String>) -> Started {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(" listening on ") => return Started::Running,
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("node {} did not start", self.id),
-            }
-        }
-        // Stderr closed before the start line: the process ended.
-        let status = self.child.take().unwrap().wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
-        let stderr = self.stderr.lock().unwrap().join("\n");
-        assert!(
-            stderr.contains("cannot listen on") && stderr.contains("in use"),
-            "node {} exited ({status}) before starting: {stderr}",
-            self.id
-        );
-        Started::AddressInUse
+        self.process.start(command)
     }
 
     fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
+        self.process.pid()
     }
 
-    /// SIGKILL, then reap the process so its port and locks are free.
     fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
+        self.process.kill();
     }
 
     /// `signal` (SIGTERM or SIGINT), then wait for a clean exit.
     fn stop(&mut self, signal: libc::c_int) {
-        send_signal(self.pid(), signal);
-        let mut child = self.child.take().unwrap();
-        let until = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > until {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("node {} did not stop on signal {signal}", self.id);
-            }
-            thread::sleep(Duration::from_millis(20));
-        };
-        self.reader.take().unwrap().join().unwrap();
-        assert!(
-            status.success(),
-            "node {} stopped with {status}: {:?}",
-            self.id,
-            self.stderr.lock().unwrap()
-        );
+        self.process.stop(signal);
     }
 
     fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
+        self.process.lines()
     }
 }
 
-/// The running nodes; every process still running is killed when this is dropped.
+/// The running nodes; every process still running is killed when this is dropped (by its
+/// [`NodeProcess`]).
 struct Cluster {
     key: PathBuf,
     nodes: Vec<Node>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
 }
 
 impl Cluster {
@@ -229,16 +94,14 @@ impl Cluster {
                     id: u32::from(id),
                     addr: free_address(Ipv4Addr::new(127, 0, 0, id)),
                     data: dir.join(format!("node{id}")),
-                    child: None,
-                    stderr: Arc::new(Mutex::new(Vec::new())),
-                    reader: None,
+                    process: NodeProcess::new(format!("node {id}"), DEADLINE),
                 })
                 .collect();
-            if (0..3).all(|index| matches!(cluster.start_node(index), Started::Running)) {
+            if (0..3).all(|index| cluster.start_node(index)) {
                 return cluster;
             }
             for node in &mut cluster.nodes {
-                if node.child.is_some() {
+                if node.process.running() {
                     node.kill();
                 }
             }
@@ -255,7 +118,7 @@ impl Cluster {
         others.map(|(_, node)| node.addr).collect()
     }
 
-    fn start_node(&mut self, index: usize) -> Started {
+    fn start_node(&mut self, index: usize) -> bool {
         let peers = self.peers_of(index);
         let key = self.key.clone();
         self.nodes[index].start(&peers, &key)
@@ -264,7 +127,7 @@ impl Cluster {
     /// Starts a killed node again on the same address, retrying while the port is taken.
     fn restart(&mut self, index: usize) {
         for _ in 0..BIND_ATTEMPTS {
-            if let Started::Running = self.start_node(index) {
+            if self.start_node(index) {
                 return;
             }
             thread::sleep(Duration::from_millis(100));
@@ -551,7 +414,7 @@ fn stop_count(line: &str, what: &str) -> u64 {
 
 #[test]
 fn three_nodes_converge_after_one_is_killed_mid_traffic() {
-    let temporary = scratch();
+    let temporary = scratch("cluster-");
     let dir = temporary.path();
     let key = dir.join("cluster.key");
     assert!(keygen(&key).status.success());
@@ -701,7 +564,7 @@ fn check_stderr(cluster: &Cluster) {
 
 #[test]
 fn keygen_never_overwrites_a_file() {
-    let temporary = scratch();
+    let temporary = scratch("cluster-");
     let key = temporary.path().join("cluster.key");
     let output = keygen(&key);
     assert!(output.status.success(), "{}", text(&output.stderr));

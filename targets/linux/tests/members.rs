@@ -10,24 +10,21 @@
 //! processes are killed when the test ends, however it ends; every file lives in a temporary
 //! directory under `CARGO_TARGET_TMPDIR`.
 
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::process::Command;
+use std::thread;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bedrock");
+mod common;
+use common::{free_address, keygen, scratch, text, NodeProcess, BIN, BIND_ATTEMPTS};
+
 /// Nodes in the cluster.
 const NODES: usize = 5;
 /// The membership probe period the nodes run with.
 const PROBE: Duration = Duration::from_millis(200);
 /// The longest wait for a process to start or stop.
 const DEADLINE: Duration = Duration::from_secs(20);
-/// Attempts at binding a node's port (a free port may be taken by another process meanwhile).
-const BIND_ATTEMPTS: u32 = 20;
 
 /// How long the four survivors may take to declare a killed node dead, from the node defaults
 /// (`bedrock::membership::Config`: suspicion 4 periods at this size, up to 6 times that without
@@ -45,48 +42,18 @@ fn spread_bound() -> Duration {
     PROBE * 25 * 2
 }
 
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("members-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A port on `ip` that was free a moment ago: bound with port 0, then released.
-fn free_address(ip: Ipv4Addr) -> SocketAddr {
-    let socket = UdpSocket::bind((ip, 0)).unwrap();
-    socket.local_addr().unwrap()
-}
-
-/// Sends `signal` to the process `pid`.
-#[allow(unsafe_code)]
-fn send_signal(pid: u32, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
-    let result = unsafe { libc::kill(pid, signal) };
-    assert_eq!(result, 0, "kill({pid}, {signal})");
-}
-
-/// One node: where it lives and, while it runs, its process and stderr.
+/// One node: where it lives and its process.
 struct Node {
     id: u32,
     addr: SocketAddr,
     data: PathBuf,
-    child: Option<Child>,
-    /// Every stderr line of every run of this node, in order.
-    stderr: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
+    process: NodeProcess,
 }
 
 impl Node {
     /// Starts the node joining through `seed` and waits for its start line; false when the
     /// address was taken.
     fn start(&mut self, seed: Option<SocketAddr>, key: &Path) -> bool {
-        assert!(self.child.is_none(), "node {} runs already", self.id);
         let mut command = Command::new(BIN);
         command
             .args(["node", "--id", &self.id.to_string()])
@@ -99,92 +66,28 @@ impl Node {
         if let Some(seed) = seed {
             command.args(["--join", &seed.to_string()]);
         }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (lines, started) = mpsc::channel();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let sink = Arc::clone(&self.stderr);
-        self.reader = Some(thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line.clone());
-                let _ = lines.send(line);
-            }
-        }));
-        self.child = Some(child);
-        self.wait_for_start(&started)
+        self.process.start(command)
     }
 
-    fn wait_for_start(&mut self, lines: &Receiver<String>) -> bool {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(" listening on ") => return true,
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("node {} did not start", self.id),
-            }
-        }
-        let status = self.child.take().unwrap().wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
-        let stderr = self.stderr.lock().unwrap().join("\n");
-        assert!(
-            stderr.contains("cannot listen on") && stderr.contains("in use"),
-            "node {} exited ({status}) before starting: {stderr}",
-            self.id
-        );
-        false
-    }
-
-    /// SIGKILL, then reap the process so its port and locks are free.
     fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
+        self.process.kill();
     }
 
     /// SIGTERM, then wait for a clean exit.
     fn stop(&mut self) {
-        let mut child = self.child.take().unwrap();
-        send_signal(child.id(), libc::SIGTERM);
-        let until = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < until, "node {} did not stop", self.id);
-            thread::sleep(Duration::from_millis(20));
-        };
-        self.reader.take().unwrap().join().unwrap();
-        assert!(status.success(), "node {} stopped with {status}", self.id);
+        self.process.stop(libc::SIGTERM);
     }
 
     fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
+        self.process.lines()
     }
 }
 
-/// The running nodes; every process still running is killed when this is dropped.
+/// The running nodes; every process still running is killed when this is dropped (by its
+/// [`NodeProcess`]).
 struct Cluster {
     key: PathBuf,
     nodes: Vec<Node>,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-    }
 }
 
 impl Cluster {
@@ -201,16 +104,14 @@ impl Cluster {
                     id: u32::from(id),
                     addr: free_address(Ipv4Addr::new(127, 0, 0, id)),
                     data: dir.join(format!("node{id}")),
-                    child: None,
-                    stderr: Arc::new(Mutex::new(Vec::new())),
-                    reader: None,
+                    process: NodeProcess::new(format!("node {id}"), DEADLINE),
                 })
                 .collect();
             if (0..NODES).all(|index| cluster.start_node(index)) {
                 return cluster;
             }
             for node in &mut cluster.nodes {
-                if node.child.is_some() {
+                if node.process.running() {
                     node.kill();
                 }
             }
@@ -346,19 +247,10 @@ fn all_alive(cluster: &Cluster, rows: &[Row]) -> bool {
         })
 }
 
-fn keygen(path: &Path) {
-    let output = Command::new(BIN)
-        .args(["keygen", "--out"])
-        .arg(path)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", text(&output.stderr));
-}
-
 #[test]
 fn five_nodes_detect_a_kill_see_the_restart_and_hear_a_leave() {
     let started = Instant::now();
-    let temporary = scratch();
+    let temporary = scratch("members-");
     let key = temporary.path().join("cluster.key");
     keygen(&key);
     let mut cluster = Cluster::start(temporary.path(), &key);

@@ -8,12 +8,10 @@
 //! temporary directory under `CARGO_TARGET_TMPDIR`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -24,145 +22,56 @@ use bedrock::wire::Keyring;
 use bedrock::{jobs, queue};
 use bedrock_std::client::{Client, ClientError, CLIENT_KEYS};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bedrock");
+mod common;
+use common::{
+    assert_one_error_line, free_address, keygen, scratch, send_signal, text, NodeProcess, BIN,
+    BIND_ATTEMPTS,
+};
+
 /// The longest wait for a process to start or stop, or for an outcome polled for.
 const DEADLINE: Duration = Duration::from_secs(30);
-/// Attempts at binding the node's port (a free port may be taken by another process meanwhile).
-const BIND_ATTEMPTS: u32 = 20;
 
-fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("queue-jobs-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A port on 127.0.0.1 that was free a moment ago.
-fn free_address() -> SocketAddr {
-    let socket = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    socket.local_addr().unwrap()
-}
-
-/// Sends `signal` to the process `pid`.
-#[allow(unsafe_code)]
-fn send_signal(pid: u32, signal: libc::c_int) {
-    let pid = libc::pid_t::try_from(pid).unwrap();
-    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
-    let result = unsafe { libc::kill(pid, signal) };
-    assert_eq!(result, 0, "kill({pid}, {signal})");
-}
-
-/// Asserts a failure with exactly one `error:` line on stderr and nothing on stdout.
-fn assert_one_error_line(output: &Output, status: i32) -> String {
-    let stderr = text(&output.stderr);
-    assert_eq!(output.status.code(), Some(status), "stderr: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert_eq!(stderr.lines().count(), 1, "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_eq!(text(&output.stdout), "");
-    stderr.trim_end().to_string()
-}
-
-/// One node: where it lives and, while it runs, its process and stderr.
+/// The node under test: where it lives and its process.
 struct Node {
     addr: SocketAddr,
     data: PathBuf,
     key: PathBuf,
     extra: Vec<String>,
-    child: Option<Child>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    reader: Option<JoinHandle<()>>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+    process: NodeProcess,
 }
 
 impl Node {
     /// A fresh key and a node started on a free port with `extra` options.
     fn start(dir: &Path, extra: &[&str]) -> Self {
         let key = dir.join("cluster.key");
-        let output = Command::new(BIN)
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", text(&output.stderr));
+        keygen(&key);
         let mut node = Self {
-            addr: free_address(),
+            addr: free_address(Ipv4Addr::LOCALHOST),
             data: dir.join("node"),
             key,
             extra: extra.iter().map(|arg| arg.to_string()).collect(),
-            child: None,
-            stderr: Arc::new(Mutex::new(Vec::new())),
-            reader: None,
+            process: NodeProcess::new("the node", DEADLINE),
         };
         for _ in 0..BIND_ATTEMPTS {
             if node.try_start() {
                 return node;
             }
-            node.addr = free_address();
+            node.addr = free_address(Ipv4Addr::LOCALHOST);
         }
         panic!("no free port after {BIND_ATTEMPTS} attempts");
     }
 
     /// Starts the node and waits for its start line; false when its address was taken.
     fn try_start(&mut self) -> bool {
-        assert!(self.child.is_none(), "the node runs already");
-        let mut child = Command::new(BIN)
+        let mut command = Command::new(BIN);
+        command
             .args(["node", "--id", "1", "--listen", &self.addr.to_string()])
             .arg("--data")
             .arg(&self.data)
             .arg("--key-file")
             .arg(&self.key)
-            .args(&self.extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (lines, started) = mpsc::channel();
-        let stderr = BufReader::new(child.stderr.take().unwrap());
-        let sink = Arc::clone(&self.stderr);
-        self.reader = Some(thread::spawn(move || {
-            for line in stderr.lines() {
-                let Ok(line) = line else { return };
-                sink.lock().unwrap().push(line.clone());
-                let _ = lines.send(line);
-            }
-        }));
-        self.child = Some(child);
-        self.wait_for_start(&started)
-    }
-
-    fn wait_for_start(&mut self, lines: &Receiver<String>) -> bool {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let left = until.saturating_duration_since(Instant::now());
-            match lines.recv_timeout(left) {
-                Ok(line) if line.contains(" listening on ") => return true,
-                Ok(_) => continue,
-                Err(RecvTimeoutError::Disconnected) => break,
-                Err(RecvTimeoutError::Timeout) => panic!("the node did not start"),
-            }
-        }
-        let status = self.child.take().unwrap().wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
-        let stderr = self.stderr.lock().unwrap().join("\n");
-        assert!(
-            stderr.contains("cannot listen on") && stderr.contains("in use"),
-            "the node exited ({status}) before starting: {stderr}"
-        );
-        false
+            .args(&self.extra);
+        self.process.start(command)
     }
 
     /// Starts a killed node again on the same address, retrying while the port is taken.
@@ -178,30 +87,13 @@ impl Node {
 
     /// SIGKILL, then reap the process so its port and locks are free.
     fn kill(&mut self) {
-        let mut child = self.child.take().unwrap();
-        child.kill().unwrap();
-        child.wait().unwrap();
-        self.reader.take().unwrap().join().unwrap();
+        self.process.kill();
     }
 
     /// SIGTERM, then wait for a clean exit; returns the stop line.
     fn stop(&mut self) -> String {
-        let mut child = self.child.take().unwrap();
-        send_signal(child.id(), libc::SIGTERM);
-        let until = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            assert!(Instant::now() < until, "the node did not stop on SIGTERM");
-            thread::sleep(Duration::from_millis(20));
-        };
-        self.reader.take().unwrap().join().unwrap();
-        let lines = self.stderr.lock().unwrap().clone();
-        assert!(
-            status.success(),
-            "the node stopped with {status}: {lines:?}"
-        );
+        self.process.stop(libc::SIGTERM);
+        let lines = self.process.lines();
         let stop = lines.last().cloned().unwrap_or_default();
         assert!(stop.starts_with("node 1 stopping: "), "{lines:?}");
         stop
@@ -264,7 +156,7 @@ fn split_delivery(line: &str) -> (String, String) {
 
 #[test]
 fn queue_commands_send_receive_acknowledge_and_refuse_stale_receipts() {
-    let temporary = scratch();
+    let temporary = scratch("queue-jobs-");
     let mut node = Node::start(temporary.path(), &[]);
 
     // An empty (never used) queue: nothing printed, exit status 0.
@@ -394,9 +286,8 @@ fn queue_commands_send_receive_acknowledge_and_refuse_stale_receipts() {
         "{stop}"
     );
     let starts = node
-        .stderr
-        .lock()
-        .unwrap()
+        .process
+        .lines()
         .iter()
         .filter(|line| line.contains(" listening on "))
         .count();
@@ -405,7 +296,7 @@ fn queue_commands_send_receive_acknowledge_and_refuse_stale_receipts() {
 
 #[test]
 fn jobs_complete_fail_go_dead_are_listed_retried_and_lose_their_lease() {
-    let temporary = scratch();
+    let temporary = scratch("queue-jobs-");
     let dir = temporary.path();
     let mut node = Node::start(dir, &["--job-lease", "1s", "--job-backoff", "50ms"]);
     let path = |name: &str| dir.join(name).display().to_string();
@@ -994,7 +885,7 @@ fn wait_for(counter: &AtomicUsize, more: usize, what: &str) {
 #[test]
 fn nothing_acknowledged_is_lost_or_redone_when_the_node_is_killed_under_load() {
     const KILLS: usize = 3;
-    let temporary = scratch();
+    let temporary = scratch("queue-jobs-");
     let mut node = Node::start(
         temporary.path(),
         &["--job-lease", "2s", "--job-backoff", "50ms"],
