@@ -43,12 +43,14 @@
 //! - Lowering `ttl_max` across a restart shortens the lock-delay accordingly.
 //! - One server: this is a lock service on one node, not a replicated one.
 
+mod holder;
 mod message;
 mod record;
 mod service;
 #[cfg(test)]
 mod tests;
 
+pub use holder::{holder_deadline, Fence, StaleToken};
 pub use message::{decode, encode, Malformed, Message, Refusal};
 pub use record::{
     checkpoint_len_max, GrantRecord, Lock, Name, Record, ReleaseRecord, KIND_CHECKPOINT,
