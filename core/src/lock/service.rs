@@ -125,27 +125,32 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
     /// Encodes `reply` into `buffer`.
     fn encode_reply(now: Instant, reply: Reply, buffer: &mut [u8]) -> Option<usize> {
         let request = reply.request;
+        // Waits are rounded up (a client never waits less than the server will), leases down
+        // (a holder never believes in more lease than the server granted).
         let millis = |at: Instant| {
-            // Rounded up: a client never waits less than the server will.
             let micros = at.saturating_duration_since(now).as_micros();
             u64::try_from(micros.div_ceil(1000)).unwrap_or(u64::MAX)
+        };
+        let lease = |at: Instant| {
+            let micros = at.saturating_duration_since(now).as_micros();
+            u64::try_from(micros / 1000).unwrap_or(u64::MAX)
         };
         let message = match reply.answer {
             Answer::Granted(Grant { token, expires }) => Message::Granted {
                 request,
                 token,
-                lease_ms: millis(expires),
+                lease_ms: lease(expires),
             },
             Answer::Renewed { expires } => Message::Renewed {
                 request,
-                lease_ms: millis(expires),
+                lease_ms: lease(expires),
             },
             Answer::Released => Message::Released { request },
             Answer::State(status) => Message::State {
                 request,
                 holder: status.holder.map(|holder| holder.0),
                 token: status.token,
-                lease_ms: millis(status.expires),
+                lease_ms: lease(status.expires),
                 free_ms: millis(status.free_at),
             },
             Answer::Refused { reason, retry } => Message::Refused {
