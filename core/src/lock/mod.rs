@@ -268,6 +268,17 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
         self.stats
     }
 
+    /// Syncs what is staged (releasing reclaimed segments) and closes the log: answers still
+    /// waiting for a commit are dropped unsent (their clients retry).
+    pub fn close(mut self) -> Result<(), CommitError<S::Error>> {
+        if self.pending_release.is_some() {
+            // The checkpoint first, then its release (see `release_after_sync`).
+            self.log.sync().map_err(CommitError::Sync)?;
+            self.release_after_sync()?;
+        }
+        self.log.close().map_err(CommitError::Sync)
+    }
+
     /// The storage and buffer, for a restart (unsynced writes may be lost, as in a crash).
     pub fn into_parts(self) -> (S, B) {
         self.log.into_parts()

@@ -238,8 +238,9 @@ pub fn level<B: Bench>(
 }
 
 /// A node running one service on its own thread, publishing its counts after every iteration.
-struct RunningNode<S> {
-    addr: SocketAddr,
+pub struct RunningNode<S> {
+    /// The node's UDP address.
+    pub addr: SocketAddr,
     stop: Arc<AtomicBool>,
     snapshot: Arc<Mutex<Snapshot>>,
     thread: thread::JoinHandle<Result<(), String>>,
@@ -247,7 +248,8 @@ struct RunningNode<S> {
 }
 
 impl<S: Service + Send + 'static> RunningNode<S> {
-    fn start<B: Bench<Service = S>>(
+    /// Opens `bench`'s service in `dir` on a node thread and starts its event loop.
+    pub fn start<B: Bench<Service = S>>(
         bench: &B,
         dir: &Path,
         key: Key,
@@ -316,7 +318,8 @@ impl<S: Service + Send + 'static> RunningNode<S> {
             .unwrap_or_default()
     }
 
-    fn stop(self) -> Result<(), Error> {
+    /// Stops the event loop and closes the service.
+    pub fn stop(self) -> Result<(), Error> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .join()
