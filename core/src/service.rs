@@ -55,6 +55,110 @@ pub struct Transmit {
     pub len: usize,
 }
 
+/// An answer to a client's request: where it goes, the request it answers, and what a service
+/// will encode when it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply<A> {
+    /// The client's address.
+    pub to: SocketAddr,
+    /// The request answered.
+    pub request: u64,
+    /// The answer, encoded when it is polled.
+    pub answer: A,
+}
+
+/// The answers a request/response service owes its clients: some go out at once, the others
+/// only after the commit whose sync makes what they report durable (see the
+/// [module docs](self)). Memory is fixed: `PENDING` answers waiting for a commit (a service
+/// refuses new writes while they are all taken, [`Replies::is_full`]), `OUTBOX` immediate ones
+/// (more are dropped and counted; the client retries).
+#[derive(Debug)]
+pub struct Replies<A, const PENDING: usize, const OUTBOX: usize> {
+    /// Answers that wait for the next commit; `true` once it is done.
+    pending: heapless::Vec<(Reply<A>, bool), PENDING>,
+    outbox: heapless::Deque<Reply<A>, OUTBOX>,
+    dropped: u64,
+}
+
+impl<A: Copy, const PENDING: usize, const OUTBOX: usize> Default for Replies<A, PENDING, OUTBOX> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<A: Copy, const PENDING: usize, const OUTBOX: usize> Replies<A, PENDING, OUTBOX> {
+    /// No answers owed.
+    pub const fn new() -> Self {
+        Self {
+            pending: heapless::Vec::new(),
+            outbox: heapless::Deque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// Whether every slot for an answer waiting for a commit is taken: a write must be refused
+    /// (busy) rather than answered before its sync.
+    pub fn is_full(&self) -> bool {
+        self.pending.is_full()
+    }
+
+    /// Queues an answer that needs no sync (a refusal, a read of durable state); dropped and
+    /// counted when the outbox is full.
+    pub fn now(&mut self, to: SocketAddr, request: u64, answer: A) {
+        let reply = Reply {
+            to,
+            request,
+            answer,
+        };
+        if self.outbox.push_back(reply).is_err() {
+            self.dropped += 1;
+        }
+    }
+
+    /// Queues an answer that reports staged writes when `staged` is true: it goes out after
+    /// the next [`Replies::settle`]. With nothing staged it goes out at once. Callers check
+    /// [`Replies::is_full`] before they stage the write; should it be full anyway, the answer
+    /// is dropped and counted (never sent before its sync).
+    pub fn after_commit(&mut self, to: SocketAddr, request: u64, answer: A, staged: bool) {
+        if !staged {
+            self.now(to, request, answer);
+            return;
+        }
+        let reply = Reply {
+            to,
+            request,
+            answer,
+        };
+        if self.pending.push((reply, false)).is_err() {
+            self.dropped += 1;
+        }
+    }
+
+    /// The commit that answers waited for is done: they may go out. When it failed, each
+    /// becomes `failed` instead (the outcome is unknown to the client).
+    pub fn settle(&mut self, failed: Option<A>) {
+        for (reply, ready) in self.pending.iter_mut().filter(|(_, ready)| !*ready) {
+            *ready = true;
+            if let Some(answer) = failed {
+                reply.answer = answer;
+            }
+        }
+    }
+
+    /// The next answer to send: settled ones first, then immediate ones.
+    pub fn next(&mut self) -> Option<Reply<A>> {
+        if let Some(slot) = self.pending.iter().position(|(_, ready)| *ready) {
+            return Some(self.pending.swap_remove(slot).0);
+        }
+        self.outbox.pop_front()
+    }
+
+    /// Answers dropped because their queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
 /// A sans-IO networked service.
 pub trait Service {
     /// The envelope kind this service's messages carry (see [`kind`]).
@@ -306,5 +410,31 @@ mod tests {
             (1, 1, 1),
             "a failed commit does not skip the others"
         );
+    }
+    #[test]
+    fn replies_wait_for_their_commit_and_fail_with_it() {
+        use core::net::{IpAddr, Ipv4Addr};
+        let to = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9);
+        let mut replies = Replies::<u8, 2, 1>::new();
+        replies.after_commit(to, 1, 10, true);
+        replies.now(to, 2, 20);
+        replies.now(to, 3, 30);
+        assert_eq!(replies.dropped(), 1, "the outbox holds one");
+        // Before the commit only the immediate answer goes out.
+        assert_eq!(replies.next().map(|reply| reply.request), Some(2));
+        assert_eq!(replies.next(), None);
+        replies.after_commit(to, 4, 40, true);
+        assert!(replies.is_full());
+        replies.settle(None);
+        let mut settled = [replies.next().unwrap(), replies.next().unwrap()];
+        settled.sort_by_key(|reply| reply.request);
+        assert_eq!(settled.map(|reply| reply.answer), [10, 40]);
+        // A failed commit replaces what its answers said.
+        replies.after_commit(to, 5, 50, true);
+        replies.settle(Some(0));
+        assert_eq!(replies.next().map(|reply| reply.answer), Some(0));
+        // Nothing staged: no wait.
+        replies.after_commit(to, 6, 60, false);
+        assert_eq!(replies.next().map(|reply| reply.answer), Some(60));
     }
 }

@@ -81,6 +81,7 @@ use crate::frame::EmitError;
 use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError, SyncError};
 use crate::net::SocketAddr;
 use crate::rng::{Rng, SplitMix64};
+use crate::service::Replies;
 use crate::storage::Storage;
 use crate::time::Instant;
 use record::{CheckpointView, Index};
@@ -215,7 +216,7 @@ pub struct Stats {
     pub stale: u64,
     /// Payloads that did not decode: dropped.
     pub malformed: u64,
-    /// Immediate answers dropped because the outbox was full.
+    /// Answers dropped because their queue was full (the client retries).
     pub outbox_full: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
@@ -249,22 +250,14 @@ enum Answer {
     Refused(Refusal),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reply {
-    to: SocketAddr,
-    request: u64,
-    answer: Answer,
-}
-
 /// A job scheduler over a storage log. See the [module docs](self).
 #[derive(Debug)]
 pub struct Scheduler<S, B, const JOBS: usize, const DONE: usize, const PENDING: usize> {
     log: Log<S, B>,
     config: Config,
     index: Index<JOBS, DONE>,
-    /// Answers that wait for the next sync; `true` once it succeeded.
-    pending: Vec<(Reply, bool), PENDING>,
-    outbox: Deque<Reply, OUTBOX>,
+    /// Answers owed to clients, some waiting for the next sync.
+    replies: Replies<Answer, PENDING, OUTBOX>,
     /// Whether the log holds appended frames not yet synced.
     staged: bool,
     since_checkpoint: u32,
@@ -329,8 +322,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
                 ..config
             },
             index,
-            pending: Vec::new(),
-            outbox: Deque::new(),
+            replies: Replies::new(),
             staged: false,
             since_checkpoint,
             pending_release: None,
@@ -390,7 +382,10 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
 
     /// What the scheduler did and refused.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            outbox_full: self.replies.dropped(),
+            ..self.stats
+        }
     }
 
     /// The log underneath.

@@ -2,9 +2,9 @@
 //! the group commit, lease expiry on timeouts.
 
 use super::message::{self, Message, Refusal};
-use super::{Answer, CommitError, Lease, NewJob, RecentClaim, Reply, Scheduler, State};
+use super::{Answer, CommitError, Lease, NewJob, RecentClaim, Scheduler, State};
 use crate::rng::{Rng, SplitMix64};
-use crate::service::{self, Peer, Service, Transmit};
+use crate::service::{self, Peer, Reply, Service, Transmit};
 use crate::storage::Storage;
 use crate::time::Instant;
 use core::time::Duration;
@@ -14,27 +14,14 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
 {
     /// Queues an answer that needs no sync.
     fn answer_now(&mut self, from: Peer, request: u64, answer: Answer) {
-        let reply = Reply {
-            to: from.addr,
-            request,
-            answer,
-        };
-        if self.outbox.push_back(reply).is_err() {
-            self.stats.outbox_full += 1;
-        }
+        self.replies.now(from.addr, request, answer);
     }
 
     /// Queues an answer that may depend on staged writes: it goes out after the next successful
-    /// commit (at once when nothing is staged). Callers checked that `pending` has room.
+    /// commit (at once when nothing is staged).
     fn answer_after_commit(&mut self, from: Peer, request: u64, answer: Answer) {
-        let reply = Reply {
-            to: from.addr,
-            request,
-            answer,
-        };
-        if !self.staged || self.pending.push((reply, false)).is_err() {
-            self.answer_now(from, request, answer);
-        }
+        self.replies
+            .after_commit(from.addr, request, answer, self.staged);
     }
 
     /// Runs a request that may write; its answer waits for the commit.
@@ -44,7 +31,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
         request: u64,
         run: impl FnOnce(&mut Self) -> Result<Answer, Refusal>,
     ) {
-        if self.pending.is_full() {
+        if self.replies.is_full() {
             self.answer_now(from, request, Answer::Refused(Refusal::Busy));
             return;
         }
@@ -123,7 +110,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     /// A claim, or the repeat of one whose answer was lost.
     fn handle_claim(&mut self, now: Instant, from: Peer, request: u64) {
         if let Some(lease) = self.repeat_claim(from, request) {
-            if self.pending.is_full() {
+            if self.replies.is_full() {
                 self.answer_now(from, request, Answer::Refused(Refusal::Busy));
             } else {
                 self.answer_after_commit(from, request, Answer::Claimed(lease));
@@ -176,7 +163,12 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     }
 
     /// Encodes `reply` into `buffer`.
-    fn encode_reply(&mut self, now: Instant, reply: Reply, buffer: &mut [u8]) -> Option<usize> {
+    fn encode_reply(
+        &mut self,
+        now: Instant,
+        reply: Reply<Answer>,
+        buffer: &mut [u8],
+    ) -> Option<usize> {
         let request = reply.request;
         let millis = |at: Instant| {
             u64::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u64::MAX)
@@ -244,11 +236,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
         // Bounded: every turn removes one answer.
         loop {
-            let reply = if let Some(slot) = self.pending.iter().position(|(_, ready)| *ready) {
-                self.pending.swap_remove(slot).0
-            } else {
-                self.outbox.pop_front()?
-            };
+            let reply = self.replies.next()?;
             if let Some(len) = self.encode_reply(now, reply, buffer) {
                 return Some(Transmit { to: reply.to, len });
             }
@@ -280,12 +268,11 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
         }
         self.staged = false;
         let synced = self.sync();
-        for (reply, ready) in self.pending.iter_mut().filter(|(_, ready)| !*ready) {
-            *ready = true;
-            if synced.is_err() {
-                reply.answer = Answer::Refused(Refusal::Unavailable);
-            }
-        }
+        self.replies.settle(
+            synced
+                .is_err()
+                .then_some(Answer::Refused(Refusal::Unavailable)),
+        );
         if synced.is_err() {
             // The storage is poisoned: refuse every write from now on (a restart recovers).
             self.poisoned = true;

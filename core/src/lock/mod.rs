@@ -59,12 +59,10 @@ pub use record::{
 
 use core::time::Duration;
 
-use heapless::{Deque, Vec};
-
 use crate::crdt::NodeId;
 use crate::frame::EmitError;
 use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError, SyncError};
-use crate::net::SocketAddr;
+use crate::service::Replies;
 use crate::storage::Storage;
 use crate::time::Instant;
 use record::{CheckpointView, Index};
@@ -145,7 +143,7 @@ pub struct Stats {
     pub stale: u64,
     /// Payloads that did not decode: dropped.
     pub malformed: u64,
-    /// Immediate answers dropped because the outbox was full.
+    /// Answers dropped because their queue was full (the client retries).
     pub outbox_full: u64,
     /// Checkpoints written.
     pub checkpoints: u64,
@@ -178,22 +176,14 @@ enum Answer {
     Refused { reason: Refusal, retry: Instant },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reply {
-    to: SocketAddr,
-    request: u64,
-    answer: Answer,
-}
-
 /// A lock server over a storage log. See the [module docs](self).
 #[derive(Debug)]
 pub struct LockServer<S, B, const LOCKS: usize, const PENDING: usize> {
     log: Log<S, B>,
     config: Config,
     index: Index<LOCKS>,
-    /// Answers that wait for the next sync; `true` once it succeeded.
-    pending: Vec<(Reply, bool), PENDING>,
-    outbox: Deque<Reply, OUTBOX>,
+    /// Answers owed to clients, some waiting for the next sync.
+    replies: Replies<Answer, PENDING, OUTBOX>,
     /// Whether the log holds appended frames not yet synced.
     staged: bool,
     since_checkpoint: u32,
@@ -241,8 +231,7 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
                 ..config
             },
             index,
-            pending: Vec::new(),
-            outbox: Deque::new(),
+            replies: Replies::new(),
             staged: false,
             since_checkpoint,
             pending_release: None,
@@ -265,7 +254,10 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
 
     /// What the server did and refused.
     pub fn stats(&self) -> Stats {
-        self.stats
+        Stats {
+            outbox_full: self.replies.dropped(),
+            ..self.stats
+        }
     }
 
     /// Syncs what is staged (releasing reclaimed segments) and closes the log: answers still

@@ -2,9 +2,9 @@
 //! answered only after the group commit.
 
 use super::message::{self, Message, Refusal};
-use super::{Answer, CommitError, Grant, LockServer, Reply};
+use super::{Answer, CommitError, Grant, LockServer};
 use crate::rng::Rng;
-use crate::service::{self, Peer, Service, Transmit};
+use crate::service::{self, Peer, Reply, Service, Transmit};
 use crate::storage::Storage;
 use crate::time::Instant;
 use core::time::Duration;
@@ -14,28 +14,14 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
 {
     /// Queues an answer that needs no sync.
     fn answer_now(&mut self, from: Peer, request: u64, answer: Answer) {
-        let reply = Reply {
-            to: from.addr,
-            request,
-            answer,
-        };
-        if self.outbox.push_back(reply).is_err() {
-            self.stats.outbox_full += 1;
-        }
+        self.replies.now(from.addr, request, answer);
     }
 
     /// Queues an answer that may depend on staged writes (a grant still unsynced, renewed or
     /// reported): it goes out after the next successful commit, at once when nothing is staged.
-    /// Callers checked that `pending` has room.
     fn answer_after_commit(&mut self, from: Peer, request: u64, answer: Answer) {
-        let reply = Reply {
-            to: from.addr,
-            request,
-            answer,
-        };
-        if !self.staged || self.pending.push((reply, false)).is_err() {
-            self.answer_now(from, request, answer);
-        }
+        self.replies
+            .after_commit(from.addr, request, answer, self.staged);
     }
 
     /// Runs a request; its answer waits for the commit. Refusals go out at once.
@@ -46,7 +32,7 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
         request: u64,
         run: impl FnOnce(&mut Self) -> Result<Answer, Refusal>,
     ) {
-        if self.pending.is_full() {
+        if self.replies.is_full() {
             let answer = Answer::Refused {
                 reason: Refusal::Busy,
                 retry: now,
@@ -102,7 +88,7 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
         from: Peer,
         (request, name, ttl_ms): (u64, &[u8], u64),
     ) {
-        if self.pending.is_full() {
+        if self.replies.is_full() {
             let answer = Answer::Refused {
                 reason: Refusal::Busy,
                 retry: now,
@@ -123,7 +109,7 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
     }
 
     /// Encodes `reply` into `buffer`.
-    fn encode_reply(now: Instant, reply: Reply, buffer: &mut [u8]) -> Option<usize> {
+    fn encode_reply(now: Instant, reply: Reply<Answer>, buffer: &mut [u8]) -> Option<usize> {
         let request = reply.request;
         // Waits are rounded up (a client never waits less than the server will), leases down
         // (a holder never believes in more lease than the server granted).
@@ -185,11 +171,7 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize> Servi
     fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
         // Bounded: every turn removes one answer.
         loop {
-            let reply = if let Some(slot) = self.pending.iter().position(|(_, ready)| *ready) {
-                self.pending.swap_remove(slot).0
-            } else {
-                self.outbox.pop_front()?
-            };
+            let reply = self.replies.next()?;
             if let Some(len) = Self::encode_reply(now, reply, buffer) {
                 return Some(Transmit { to: reply.to, len });
             }
@@ -206,15 +188,11 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize> Servi
         }
         self.staged = false;
         let synced = self.sync();
-        for (reply, ready) in self.pending.iter_mut().filter(|(_, ready)| !*ready) {
-            *ready = true;
-            if synced.is_err() {
-                reply.answer = Answer::Refused {
-                    reason: Refusal::Unavailable,
-                    retry: Instant::ZERO,
-                };
-            }
-        }
+        self.replies
+            .settle(synced.is_err().then_some(Answer::Refused {
+                reason: Refusal::Unavailable,
+                retry: Instant::ZERO,
+            }));
         if synced.is_err() {
             // The storage is poisoned: refuse every write from now on (a restart recovers).
             self.poisoned = true;
