@@ -146,7 +146,7 @@ impl<A: Copy, const PENDING: usize, const OUTBOX: usize> Replies<A, PENDING, OUT
     }
 
     /// The next answer to send: settled ones first, then immediate ones.
-    pub fn next(&mut self) -> Option<Reply<A>> {
+    pub fn pop(&mut self) -> Option<Reply<A>> {
         if let Some(slot) = self.pending.iter().position(|(_, ready)| *ready) {
             return Some(self.pending.swap_remove(slot).0);
         }
@@ -421,20 +421,20 @@ mod tests {
         replies.now(to, 3, 30);
         assert_eq!(replies.dropped(), 1, "the outbox holds one");
         // Before the commit only the immediate answer goes out.
-        assert_eq!(replies.next().map(|reply| reply.request), Some(2));
-        assert_eq!(replies.next(), None);
+        assert_eq!(replies.pop().map(|reply| reply.request), Some(2));
+        assert_eq!(replies.pop(), None);
         replies.after_commit(to, 4, 40, true);
         assert!(replies.is_full());
         replies.settle(None);
-        let mut settled = [replies.next().unwrap(), replies.next().unwrap()];
+        let mut settled = [replies.pop().unwrap(), replies.pop().unwrap()];
         settled.sort_by_key(|reply| reply.request);
         assert_eq!(settled.map(|reply| reply.answer), [10, 40]);
         // A failed commit replaces what its answers said.
         replies.after_commit(to, 5, 50, true);
         replies.settle(Some(0));
-        assert_eq!(replies.next().map(|reply| reply.answer), Some(0));
+        assert_eq!(replies.pop().map(|reply| reply.answer), Some(0));
         // Nothing staged: no wait.
         replies.after_commit(to, 6, 60, false);
-        assert_eq!(replies.next().map(|reply| reply.answer), Some(60));
+        assert_eq!(replies.pop().map(|reply| reply.answer), Some(60));
     }
 }

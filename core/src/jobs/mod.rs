@@ -79,7 +79,6 @@ use heapless::{Deque, Vec};
 use crate::crdt::NodeId;
 use crate::frame::EmitError;
 use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError, SyncError};
-use crate::net::SocketAddr;
 use crate::rng::{Rng, SplitMix64};
 use crate::service::Replies;
 use crate::storage::Storage;

@@ -236,7 +236,7 @@ impl<S: Storage, B: AsMut<[u8]>, const JOBS: usize, const DONE: usize, const PEN
     fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
         // Bounded: every turn removes one answer.
         loop {
-            let reply = self.replies.next()?;
+            let reply = self.replies.pop()?;
             if let Some(len) = self.encode_reply(now, reply, buffer) {
                 return Some(Transmit { to: reply.to, len });
             }

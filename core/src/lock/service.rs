@@ -171,7 +171,7 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize> Servi
     fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<Transmit> {
         // Bounded: every turn removes one answer.
         loop {
-            let reply = self.replies.next()?;
+            let reply = self.replies.pop()?;
             if let Some(len) = Self::encode_reply(now, reply, buffer) {
                 return Some(Transmit { to: reply.to, len });
             }
