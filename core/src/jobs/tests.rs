@@ -3,7 +3,7 @@ use crate::rng::SplitMix64;
 use crate::service::{Peer, Service};
 use crate::storage::RamStorage;
 use crate::testing::Unordered;
-use core::net::{IpAddr, Ipv4Addr};
+use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use std::vec::Vec as HeapVec;
