@@ -112,6 +112,18 @@ pub enum Message<'a> {
         /// milliseconds; else 0.
         retry_ms: u64,
     },
+    /// Client → server: as `Acquire`, under a fencing token of at least `floor`; from the
+    /// current holder with a lower token, a grant again under such a token (quorum locks).
+    AcquireAtLeast {
+        /// The client's request id.
+        request: u64,
+        /// The lock's name, 1 to [`NAME_LEN_MAX`] bytes.
+        name: &'a [u8],
+        /// The lease asked for, at most the server's maximum.
+        ttl_ms: u64,
+        /// The lowest token the grant may carry, at most [`super::FLOOR_MAX`].
+        floor: u64,
+    },
 }
 
 /// Bytes that are not a valid message: dropped and counted.
@@ -129,6 +141,7 @@ pub fn decode(bytes: &[u8]) -> Result<Message<'_>, Malformed> {
     let (message, rest) = postcard::take_from_bytes::<Message<'_>>(bytes).map_err(|_| Malformed)?;
     let name_fits = match message {
         Message::Acquire { name, .. }
+        | Message::AcquireAtLeast { name, .. }
         | Message::Renew { name, .. }
         | Message::Release { name, .. }
         | Message::Status { name, .. } => name.len() <= NAME_LEN_MAX,

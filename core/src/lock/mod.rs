@@ -45,10 +45,13 @@
 
 mod holder;
 mod message;
+pub mod quorum;
 mod record;
 mod service;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_quorum;
 
 pub use holder::{holder_deadline, Fence, StaleToken};
 pub use message::{decode, encode, Malformed, Message, Refusal};
@@ -69,6 +72,9 @@ use record::{CheckpointView, Index};
 
 /// Immediate answers waiting to be sent; more are dropped and counted.
 const OUTBOX: usize = 16;
+
+/// The highest `floor` an acquire may ask for (2⁶²): tokens stay far from overflowing.
+pub const FLOOR_MAX: u64 = 1 << 62;
 
 /// How a lock server behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,26 +306,49 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
         holder: NodeId,
         ttl: Duration,
     ) -> Result<Grant, Refusal> {
+        self.acquire_at_least(now, name, holder, ttl, 0)
+    }
+
+    /// As [`LockServer::acquire`], with a fencing token of at least `floor`: a new grant takes
+    /// `max(next token, floor)`, and the current holder asking again with `floor` above its
+    /// token is granted the lock again under such a token (a GRANT record; its lease never
+    /// shortened). Quorum locks use it to carry one token to every server of a majority (see
+    /// [`quorum`]). `floor` is at most [`FLOOR_MAX`], else the request is invalid.
+    pub fn acquire_at_least(
+        &mut self,
+        now: Instant,
+        name: &[u8],
+        holder: NodeId,
+        ttl: Duration,
+        floor: u64,
+    ) -> Result<Grant, Refusal> {
         let now = self.observe(now);
         let ttl = self.lease(ttl)?;
         let Some(name) = record::name(name) else {
             return Err(Refusal::Invalid);
         };
+        if floor > FLOOR_MAX {
+            return Err(Refusal::Invalid);
+        }
+        let mut kept = None;
         if let Some(slot) = self.index.find(&name) {
             let lock = &self.index.locks[slot];
             if lock.holder == holder && now < lock.expires {
-                let token = lock.token;
-                let expires = self.extend(now, slot, ttl);
-                return Ok(Grant { token, expires });
-            }
-            if now < lock.free_at {
+                if lock.token >= floor {
+                    let token = lock.token;
+                    let expires = self.extend(now, slot, ttl);
+                    return Ok(Grant { token, expires });
+                }
+                // Granted again under a higher token: what was promised still stands.
+                kept = Some((lock.expires, lock.free_at));
+            } else if now < lock.free_at {
                 self.stats.held += 1;
                 return Err(Refusal::Held);
             }
         } else if self.index.locks.is_full() {
             self.evict_ended(now)?;
         }
-        let token = self.index.next_token;
+        let token = self.index.next_token.max(floor);
         let record = Record::Grant(GrantRecord {
             name: &name,
             holder: holder.0,
@@ -327,10 +356,14 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
         });
         self.stage(now, &record, ttl)?;
         self.stats.grants += 1;
-        Ok(Grant {
-            token,
-            expires: now.saturating_add(ttl),
-        })
+        let mut expires = now.saturating_add(ttl);
+        if let (Some((old_expires, old_free_at)), Some(slot)) = (kept, self.index.find(&name)) {
+            let lock = &mut self.index.locks[slot];
+            lock.expires = lock.expires.max(old_expires);
+            lock.free_at = lock.free_at.max(old_free_at);
+            expires = lock.expires;
+        }
+        Ok(Grant { token, expires })
     }
 
     /// Makes room for a new lock by recording the release of one whose guard has passed.

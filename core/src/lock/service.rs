@@ -52,7 +52,13 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
                 request,
                 name,
                 ttl_ms,
-            } => self.handle_acquire(now, from, (request, name, ttl_ms)),
+            } => self.handle_acquire(now, from, (request, name, ttl_ms, 0)),
+            Message::AcquireAtLeast {
+                request,
+                name,
+                ttl_ms,
+                floor,
+            } => self.handle_acquire(now, from, (request, name, ttl_ms, floor)),
             Message::Renew {
                 request,
                 name,
@@ -86,7 +92,7 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
         &mut self,
         now: Instant,
         from: Peer,
-        (request, name, ttl_ms): (u64, &[u8], u64),
+        (request, name, ttl_ms, floor): (u64, &[u8], u64, u64),
     ) {
         if self.replies.is_full() {
             let answer = Answer::Refused {
@@ -96,7 +102,8 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
             self.answer_now(from, request, answer);
             return;
         }
-        match self.acquire(now, name, from.node, Duration::from_millis(ttl_ms)) {
+        let ttl = Duration::from_millis(ttl_ms);
+        match self.acquire_at_least(now, name, from.node, ttl, floor) {
             Ok(grant) => self.answer_after_commit(from, request, Answer::Granted(grant)),
             Err(reason) => {
                 let retry = match reason {

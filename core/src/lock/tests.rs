@@ -611,3 +611,82 @@ fn close_makes_staged_grants_and_releases_durable() {
         .collect();
     assert_eq!(locks, [(&b"db"[..], held.token)]);
 }
+
+#[test]
+fn acquire_at_least_raises_tokens_and_never_shortens_a_lease() {
+    let mut server = fresh();
+    // A new grant takes the floor when it is above the counter.
+    let first = server
+        .acquire_at_least(at(0), b"db", NodeId(4), secs(5), 40)
+        .unwrap();
+    assert_eq!(first.token, 40);
+    assert_eq!(server.next_token(), 41);
+    // The holder asking with a floor at or below its token: a renewal, same token.
+    let same = server
+        .acquire_at_least(at(100), b"db", NodeId(4), secs(1), 40)
+        .unwrap();
+    assert_eq!(same.token, 40);
+    assert_eq!(
+        same.expires,
+        at(5_000),
+        "a renewal never shortens the lease"
+    );
+    // Above it: granted again under the floor, the lease it had still standing.
+    let raised = server
+        .acquire_at_least(at(200), b"db", NodeId(4), secs(1), 70)
+        .unwrap();
+    assert_eq!(raised.token, 70);
+    assert_eq!(raised.expires, at(5_000));
+    assert_eq!(server.status(at(4_000), b"db").holder, Some(NodeId(4)));
+    assert_eq!(
+        server.acquire(at(4_000), b"db", NodeId(5), secs(1)),
+        Err(Refusal::Held)
+    );
+    // Another client's floor does not get it the lock.
+    assert_eq!(
+        server.acquire_at_least(at(300), b"db", NodeId(5), secs(1), 500),
+        Err(Refusal::Held)
+    );
+    // The old token is stale now; the raised one renews.
+    assert_eq!(
+        server.renew(at(300), b"db", 40, secs(1)),
+        Err(Refusal::StaleToken)
+    );
+    assert!(server.renew(at(300), b"db", 70, secs(1)).is_ok());
+    assert_eq!(
+        server.acquire_at_least(at(300), b"x", NodeId(5), secs(1), FLOOR_MAX + 1),
+        Err(Refusal::Invalid)
+    );
+    // Replay keeps the raised token and the counter above it.
+    server.commit().unwrap();
+    let server = reopen(server, at(10_000));
+    assert_eq!(server.locks()[0].token, 70);
+    assert_eq!(server.next_token(), 71);
+}
+
+#[test]
+fn acquire_at_least_travels_on_the_wire() {
+    let mut server = fresh();
+    let message = Message::AcquireAtLeast {
+        request: 5,
+        name: b"db",
+        ttl_ms: 1_000,
+        floor: 9,
+    };
+    send(&mut server, at(0), client(1), &message);
+    server.commit().unwrap();
+    assert_eq!(
+        answers(&mut server, at(0)),
+        [Message::Granted {
+            request: 5,
+            token: 9,
+            lease_ms: 1_000
+        }]
+    );
+    let mut buffer = [0u8; 64];
+    let len = encode(&message, &mut buffer).unwrap();
+    assert_eq!(
+        &buffer[..len],
+        [0x09, 0x05, 0x02, b'd', b'b', 0xe8, 0x07, 0x09]
+    );
+}

@@ -1,0 +1,405 @@
+//! (j) Uncontended lock acquire+release per second through one lock node, from [`LEVELS`]
+//! concurrent clients that each use a lock of their own, beside the raw `pwrite` + `fdatasync`
+//! rate (a) measured in turns with them; see [`super::service_load`] for the node, the clients
+//! and the rounds. (k) The fail-over time of a lock whose holder died, beside its ttl.
+//!
+//! The service is `bedrock::lock::LockServer` as `bedrock node` runs it, on its own
+//! `FileStorage`. In (j) every client loops `Acquire` → `Granted` → `Release` → `Released` on
+//! its own lock name, so no request waits for another client: a cycle costs two durable writes
+//! (GRANT, RELEASE), each answered after its sync, and two round trips.
+//!
+//! In (k) a client acquires a lock with a ttl from [`FAILOVER_TTLS`] and dies (it never renews
+//! nor releases); a second client asks for the lock at once, and again after the `retry_ms`
+//! every refusal carries, until granted. The fail-over time runs from the dead holder's `Granted`
+//! to the second client's. The server may grant the lock again only after `ttl · (1 + ε)` from
+//! its grant, so that is the floor; what lies above it is the retry's round trip and sleep.
+
+use std::path::Path;
+use std::time::{Duration, Instant as StdInstant};
+
+use bedrock::lock::{self, Message, Refusal};
+use bedrock::service::{kind, Service};
+use bedrock::time::Instant;
+use bedrock::wire::{Key, Keyring};
+use bedrock_std::client::{random_bytes, random_u64, Client};
+use bedrock_std::FileStorage;
+
+use super::service_load::{
+    self, clients, micros, rounds, row, Actor, Answered, Bench, Level, RunningNode, Snapshot,
+};
+use super::{median_of, RawSync, Row};
+use crate::error::{fail, Error};
+use crate::node::{self, NodeLock};
+
+/// Concurrent clients of (j), each with its own lock.
+pub const LEVELS: [usize; 2] = [1, 16];
+/// The lease (j) asks for: long enough that no lease ends during a cycle.
+const TTL: Duration = Duration::from_secs(10);
+/// The ttls of (k).
+pub const FAILOVER_TTLS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
+/// Fail-overs measured per ttl, at least.
+const FAILOVERS_MIN: u32 = 3;
+/// Fail-overs measured per ttl, at most.
+const FAILOVERS_MAX: u32 = 20;
+
+fn open_lock(dir: &Path) -> Result<NodeLock, String> {
+    let storage = FileStorage::open(dir, node::store_options(node::LOCK_CAPACITY))
+        .map_err(|error| format!("cannot open {}: {error}", dir.display()))?;
+    let config = node::lock_config(node::LOCK_TTL_MAX_DEFAULT);
+    node::open_node_lock(storage, config, Instant::ZERO)
+        .map(|(server, _)| server)
+        .map_err(|error| format!("cannot open the benchmark lock server: {error}"))
+}
+
+#[derive(Debug, Clone, Copy)]
+struct LockBench;
+
+impl Bench for LockBench {
+    type Service = NodeLock;
+    type Actor = Locker;
+
+    fn open(&self, dir: &Path, _incarnation: u32) -> Result<NodeLock, String> {
+        open_lock(dir)
+    }
+
+    fn snapshot(server: &NodeLock) -> Snapshot {
+        let stats = server.stats();
+        Snapshot {
+            syncs: stats.syncs,
+            writes: stats.grants + stats.releases,
+            live: server.locks().len() as u64,
+        }
+    }
+
+    fn close(server: NodeLock) -> Result<(), String> {
+        server.close().map_err(|error| error.to_string())
+    }
+
+    fn actor(&self, index: usize, _count: usize) -> Locker {
+        Locker {
+            name: format!("bench-{index}").into_bytes(),
+            request: 0,
+            current: Request::Acquire,
+            next_release: None,
+        }
+    }
+
+    fn exhausted(&self, _snapshot: &Snapshot, _clients: usize) -> bool {
+        // Every cycle frees what it took.
+        false
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Request {
+    Acquire,
+    Release { token: u64 },
+}
+
+/// A client that acquires its own lock and releases it at once, over and over.
+#[derive(Debug)]
+pub struct Locker {
+    name: Vec<u8>,
+    request: u64,
+    current: Request,
+    /// The grant to release with the next request.
+    next_release: Option<u64>,
+}
+
+impl Actor for Locker {
+    fn restart(&mut self) {
+        // A grant by the previous node means nothing to the next one.
+        self.next_release = None;
+    }
+
+    fn begin(&mut self, request: u64) {
+        self.request = request;
+        self.current = match self.next_release.take() {
+            Some(token) => Request::Release { token },
+            None => Request::Acquire,
+        };
+    }
+
+    fn encode(&self, out: &mut [u8]) -> Option<usize> {
+        let request = self.request;
+        let name = &self.name[..];
+        let message = match self.current {
+            Request::Acquire => Message::Acquire {
+                request,
+                name,
+                ttl_ms: TTL.as_millis() as u64,
+            },
+            Request::Release { token } => Message::Release {
+                request,
+                name,
+                token,
+            },
+        };
+        lock::encode(&message, out)
+    }
+
+    fn answer(&mut self, payload: &[u8]) -> Option<Answered> {
+        let message = lock::decode(payload).ok()?;
+        let (request, answered) = match message {
+            Message::Granted { request, token, .. } => {
+                if request == self.request {
+                    self.next_release = Some(token);
+                }
+                (request, Answered::Leased)
+            }
+            Message::Released { request } => (request, Answered::Done),
+            Message::Refused { request, .. } => (request, Answered::Refused),
+            _ => return None,
+        };
+        (request == self.request).then_some(answered)
+    }
+}
+
+/// The fail-overs of one ttl.
+#[derive(Debug)]
+pub struct Failover {
+    pub ttl: Duration,
+    /// `ttl · (1 + ε)`: the earliest the server may grant the lock again.
+    pub floor: Duration,
+    /// Each fail-over, sorted.
+    pub times: Vec<Duration>,
+    /// Refusals the second client got before its grant, in all.
+    pub refusals: u64,
+}
+
+impl Failover {
+    fn median(&self) -> Duration {
+        self.times
+            .get(self.times.len() / 2)
+            .copied()
+            .unwrap_or_default()
+    }
+}
+
+/// (j) and (k).
+#[derive(Debug)]
+pub struct Figures {
+    pub levels: Vec<Level>,
+    pub failovers: Vec<Failover>,
+}
+
+pub fn figures(scratch: &Path, budget: Duration, raw: &mut RawSync) -> Result<Figures, Error> {
+    let mut levels = Vec::new();
+    for count in LEVELS {
+        let level = service_load::level(
+            &LockBench,
+            "lock",
+            scratch,
+            count,
+            Answered::Done,
+            budget,
+            raw,
+        )?;
+        levels.push(level);
+    }
+    let mut failovers = Vec::new();
+    for ttl in FAILOVER_TTLS {
+        failovers.push(failover(scratch, ttl, budget)?);
+    }
+    Ok(Figures { levels, failovers })
+}
+
+/// Measures (k) for `ttl` on one node: as many fail-overs as fit twice the budget, within
+/// [`FAILOVERS_MIN`] and [`FAILOVERS_MAX`].
+fn failover(scratch: &Path, ttl: Duration, budget: Duration) -> Result<Failover, Error> {
+    let secret = random_bytes::<32>().map_err(|error| fail(error.to_string()))?;
+    let key = Key::new(1, secret);
+    let cluster = random_u64().map_err(|error| fail(error.to_string()))? as u32;
+    let dir = scratch.join(format!("lock-failover-{}", ttl.as_millis()));
+    let node = RunningNode::start(&LockBench, &dir, key.clone(), cluster, 1)?;
+    let measured = failovers(&node, &key, cluster, ttl, budget);
+    let stopped = node.stop();
+    let measured = measured?;
+    stopped?;
+    std::fs::remove_dir_all(&dir)
+        .map_err(|error| fail(format!("could not remove {}: {error}", dir.display())))?;
+    Ok(measured)
+}
+
+fn failovers(
+    node: &RunningNode<NodeLock>,
+    key: &Key,
+    cluster: u32,
+    ttl: Duration,
+    budget: Duration,
+) -> Result<Failover, Error> {
+    let client = || {
+        Client::new(node.addr, cluster, Some(Keyring::new(key.clone())))
+            .map_err(|error| fail(format!("cannot make a benchmark client: {error}")))
+    };
+    let (mut dead, mut next) = (client()?, client()?);
+    let count = ((budget.as_secs_f64() * 2.0 / ttl.as_secs_f64()) as u32)
+        .clamp(FAILOVERS_MIN, FAILOVERS_MAX);
+    let mut result = Failover {
+        ttl,
+        floor: lock::guarded(ttl, node::LOCK_DRIFT_PPM),
+        times: Vec::new(),
+        refusals: 0,
+    };
+    let mut request = 0u64;
+    for round in 0..count {
+        let name = format!("failover-{round}").into_bytes();
+        request += 1;
+        let dead_token = match acquire(&mut dead, request, &name, ttl)? {
+            Ok(token) => token,
+            Err((reason, _)) => {
+                return Err(fail(format!(
+                    "the benchmark's first acquire of a fresh lock was refused: {reason}"
+                )))
+            }
+        };
+        let granted = StdInstant::now();
+        let token = loop {
+            request += 1;
+            match acquire(&mut next, request, &name, ttl)? {
+                Ok(token) => break token,
+                Err((Refusal::Held, retry)) => {
+                    result.refusals += 1;
+                    std::thread::sleep(retry);
+                }
+                Err((reason, _)) => {
+                    return Err(fail(format!("the benchmark's acquire was refused: {reason}")))
+                }
+            }
+        };
+        result.times.push(granted.elapsed());
+        if token <= dead_token {
+            return Err(fail(format!(
+                "fencing token {token} granted after token {dead_token}: tokens must grow"
+            )));
+        }
+    }
+    result.times.sort_unstable();
+    Ok(result)
+}
+
+/// One acquire, retried until answered: the token, or the refusal and how long to wait.
+fn acquire(
+    client: &mut Client,
+    request: u64,
+    name: &[u8],
+    ttl: Duration,
+) -> Result<Result<u64, (Refusal, Duration)>, Error> {
+    let message = Message::Acquire {
+        request,
+        name,
+        ttl_ms: ttl.as_millis() as u64,
+    };
+    client
+        .request(
+            kind::LOCK,
+            |out| lock::encode(&message, out),
+            |payload| match lock::decode(payload).ok()? {
+                Message::Granted {
+                    request: answered,
+                    token,
+                    ..
+                } if answered == request => Some(Ok(token)),
+                Message::Refused {
+                    request: answered,
+                    reason,
+                    retry_ms,
+                } if answered == request => Some(Err((reason, Duration::from_millis(retry_ms)))),
+                _ => None,
+            },
+        )
+        .map_err(|error| fail(format!("a benchmark lock request failed: {error}")))
+}
+
+impl Figures {
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows: Vec<Row> = self
+            .levels
+            .iter()
+            .map(|level| {
+                row(
+                    format!("j. lock acquire+release, {}", clients(level.clients)),
+                    format!("{:.0} cycles/s", level.per_second(Answered::Done)),
+                    level,
+                )
+            })
+            .collect();
+        for failover in &self.failovers {
+            let median = failover.median();
+            rows.push(Row {
+                figure: format!(
+                    "k. lock fail-over, dead holder, ttl {} ms",
+                    failover.ttl.as_millis()
+                ),
+                measured: format!(
+                    "{:.0} ms ({:.3}x ttl)",
+                    median.as_secs_f64() * 1e3,
+                    median.as_secs_f64() / failover.ttl.as_secs_f64()
+                ),
+                limit: format!(
+                    "{:.0} ms ttl(1+e)",
+                    failover.floor.as_secs_f64() * 1e3
+                ),
+                ratio: format!(
+                    "{:.3}x",
+                    median.as_secs_f64() / failover.floor.as_secs_f64()
+                ),
+                goal: "-",
+                result: "-".to_string(),
+            });
+        }
+        rows
+    }
+
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = vec![format!(
+            "j: one node on 127.0.0.1 (event loop thread, encrypted envelopes, \
+             bedrock::lock::LockServer as `bedrock node` runs it: a {} MiB FileStorage); each \
+             client loops Acquire -> Release on a lock of its own with a {} s ttl, every grant \
+             and release answered after its sync; (a) after each window for a third of it",
+            node::LOCK_CAPACITY >> 20,
+            TTL.as_secs()
+        )];
+        for level in &self.levels {
+            notes.push(format!(
+                "j: {}: {:.0} acquire+release cycles/s ({:.0} grants/s) in {:.0} syncs/s, {:.1} \
+                 writes per sync; {} refused, {} sent again; latency (acquire or release) p50 \
+                 {:.0} us, p99 {:.0} us; {}; (a) in its turns {:.0} ops/s; per-round ratios {}",
+                clients(level.clients),
+                level.per_second(Answered::Done),
+                level.per_second(Answered::Leased),
+                level.syncs_per_second(),
+                level.writes_per_sync(),
+                level.count(Answered::Refused),
+                level.retries,
+                micros(level.latency(50)),
+                micros(level.latency(99)),
+                rounds(level),
+                level.raw.per_second(),
+                level.ratio_list()
+            ));
+        }
+        for failover in &self.failovers {
+            let millis: Vec<f64> = failover
+                .times
+                .iter()
+                .map(|time| time.as_secs_f64() * 1e3)
+                .collect();
+            notes.push(format!(
+                "k: ttl {} ms, drift bound {} ppm, floor ttl(1+e) {:.1} ms: {} fail-overs, min \
+                 {:.1} / median {:.1} / max {:.1} ms, {} refusals before the grants; a \
+                 holder acquires and dies, a second client asks at once and again after each \
+                 refusal's retry_ms",
+                failover.ttl.as_millis(),
+                node::LOCK_DRIFT_PPM,
+                failover.floor.as_secs_f64() * 1e3,
+                failover.times.len(),
+                millis.first().copied().unwrap_or_default(),
+                median_of(&millis),
+                millis.last().copied().unwrap_or_default(),
+                failover.refusals
+            ));
+        }
+        notes
+    }
+}
