@@ -31,6 +31,16 @@
 //!   `checkpoint_every` records, and the segments before it are released in the sync that makes
 //!   it durable.
 //!
+//! # The holder and the resource
+//!
+//! - A holder treats its lease as lost at [`holder_deadline`]: `lease · (1 − ε)` after it first
+//!   sent the request the grant or renewal answered, by its own monotonic clock (the round
+//!   trip and the drift bound taken off), which comes before the server's `ttl · (1 + ε)`.
+//! - A resource protected by the lock checks every request's token with a [`Fence`] and
+//!   refuses tokens below the highest it has seen.
+//! - [`quorum::QuorumLock`] holds one lock on a majority of independent servers, with tokens
+//!   that still only grow (SPEC.md section 13.5).
+//!
 //! # Not guaranteed
 //!
 //! - Mutual exclusion of the *effects*: a holder paused past its lease (GC, swap, a partition)
@@ -41,7 +51,8 @@
 //!   A retried `Acquire` from the current holder returns its grant again (same token, lease
 //!   extended).
 //! - Lowering `ttl_max` across a restart shortens the lock-delay accordingly.
-//! - One server: this is a lock service on one node, not a replicated one.
+//! - One server: a lock on one node goes away with that node's data; [`quorum`] spreads it
+//!   over a majority of nodes.
 
 mod holder;
 mod message;
