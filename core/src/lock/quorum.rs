@@ -18,7 +18,7 @@
 //! 3. While held, every third of the ttl, each server that granted the lock gets a `Renew` with
 //!    its own token, and each that did not gets an `AcquireAtLeast T` (a server back from a
 //!    crash or a partition joins again). The lease of each server ends for the holder at
-//!    [`holder_deadline`](super::holder_deadline) from the first send of the request that
+//!    [`holder_deadline`] from the first send of the request that
 //!    server answered; the lock is held while a majority of those have not ended
 //!    ([`QuorumLock::held_until`]). When fewer are left, [`Event::Lost`] comes at once, and
 //!    the grants left are released.
