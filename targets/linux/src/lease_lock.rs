@@ -80,6 +80,9 @@
 //!   ([`crate::fenced`]).
 //! - Processes the command started outside its process group, or that outlive a SIGKILLed
 //!   runner, are not stopped.
+//! - A terminal: the command runs in its own process group, not the terminal's foreground one,
+//!   so it does not get the terminal's Ctrl-C (the runner does, and stops it), and reading the
+//!   terminal stops it (SIGTTIN). Give it its input another way.
 //! - One node: the locks live on the node given with `--node`; nothing is replicated.
 
 use std::cell::Cell;

@@ -121,10 +121,10 @@
 //! [`LOCK_CAPACITY`] = 1 MiB in 16 segments of 64 KiB, write size 8, with a lent buffer of one
 //! segment. The server holds [`LOCKS`] = 1024 locks (held, or ended and not yet reused) and
 //! [`LOCK_PENDING`] = 256 answers waiting for a sync; a grant of a new lock past the table is
-//! refused as full unless an ended lock can be evicted. A GRANT or RELEASE record is at most
-//! about 90 bytes; a checkpoint (the next token and every lock, at most 48 KiB for 1024 locks,
-//! so it fits one segment) follows every 256 records, or sooner when free segments run short,
-//! and releases the segments before it.
+//! refused as full unless an ended lock can be evicted. The server's tables take about 94 KiB.
+//! A GRANT or RELEASE frame is about 80 bytes; a checkpoint (the next token and every lock, at
+//! most 48 KiB for 1024 locks, so it fits one segment) follows every 256 records, or sooner
+//! when free segments run short, and releases the segments before it.
 //!
 //! The longest lease is `--lock-ttl-max` (60 s by default), and the drift bound ε is
 //! `--lock-drift-ppm` (10 000 ppm = 1 % by default): after a grant or renewal of `ttl`, the
