@@ -169,8 +169,15 @@ fn lock_commands_acquire_renew_release_status_wait_and_run() {
             && line.contains("--wait"),
         "{line}"
     );
+    let holder = line
+        .strip_prefix("error: lock backup is held by client ")
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap();
     let (status, token) = node.status("backup");
-    assert!(status.starts_with("held holder "), "{status}");
+    assert!(
+        status.starts_with(&format!("held holder {holder} token {first} lease_ms ")),
+        "{status}"
+    );
     assert_eq!(token, first);
     assert!(status.contains(" lease_ms ") && status.contains(" free_ms "));
 
