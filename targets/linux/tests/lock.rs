@@ -68,6 +68,18 @@ impl Node {
         self.process.start(command)
     }
 
+    /// SIGKILL, then start again on the same address (retrying while the port is taken).
+    fn kill_and_restart(&mut self) {
+        self.process.kill();
+        for _ in 0..BIND_ATTEMPTS {
+            if self.try_start() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the node could not bind its address again");
+    }
+
     /// SIGTERM, then wait for a clean exit; returns the stop line.
     fn stop(&mut self) -> String {
         self.process.stop(libc::SIGTERM);
@@ -269,8 +281,41 @@ fn lock_commands_acquire_renew_release_status_wait_and_run() {
         "{line}"
     );
 
+    // SIGTERM stops the command, releases the lock and exits 128 + 15.
+    let mut runner = node.lock("run", &["job", "--ttl", "5s", "--", "sleep", "60"]);
+    let mut runner = Runner {
+        child: runner.stderr(Stdio::piped()).spawn().unwrap(),
+        group: None,
+    };
+    poll("run to hold the lock", || {
+        node.status("job").0.starts_with("held ").then_some(())
+    });
+    send_signal(runner.child.id(), libc::SIGTERM);
+    let (status, stderr) = runner.finish("the interrupted run to exit");
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(
+        stderr.starts_with("lock job: interrupted by signal 15"),
+        "{stderr}"
+    );
+    let (status, _) = node.status("job");
+    assert!(status.starts_with("free "), "released: {status}");
+
     let stop = node.stop();
     assert!(stop.contains("; locks "), "{stop}");
+}
+
+#[test]
+fn a_restarted_node_keeps_its_locks_held_and_never_repeats_a_token() {
+    let temporary = scratch("lock-restart-");
+    let mut node = Node::start(temporary.path(), &["--lock-ttl-max", "1s"]);
+    let first = node.acquire(&["db", "--ttl", "1s"]);
+    node.kill_and_restart();
+    // Held by its holder, under its token, for the lock-delay after the start.
+    let (status, token) = node.status("db");
+    assert_eq!(token, first, "{status}");
+    let next = node.acquire(&["db", "--ttl", "1s", "--wait"]);
+    assert!(next > first, "{first} {next}");
+    node.stop();
 }
 
 /// A `bedrock lock run` process and its command's process group, killed when dropped.
