@@ -53,7 +53,8 @@
 //! `--wait` retries a held lock after the wait the node gives (`retry_ms`: until the lock can be
 //! granted) plus up to 10 % (at most 100 ms) of random jitter, and a busy or full node after
 //! 50 ms, until granted; `--wait-max D` gives up after `D` (exit status 1). Without `--wait`
-//! a held lock is an error at once.
+//! a held lock is an error at once. A node that does not answer within 3 s ends the wait
+//! (exit status 1).
 //!
 //! # Releases and retries
 //!
@@ -78,6 +79,10 @@
 //!   ended (its runner paused, killed, or its effects delayed in flight) may overlap with the
 //!   next holder. Only a resource that checks fencing tokens is protected: see `bedrock fenced`
 //!   ([`crate::fenced`]).
+//! - A prompt kill: the command runs alongside the runner, which kills it at its first tick
+//!   after the deadline (within about 20 ms on an idle machine, later under load or when the
+//!   runner itself is paused); whatever the command does in between happens without the lease.
+//!   The margin `ε · lease` is what the node adds before it grants the lock to another client.
 //! - Processes the command started outside its process group, or that outlive a SIGKILLed
 //!   runner, are not stopped.
 //! - A terminal: the command runs in its own process group, not the terminal's foreground one,
