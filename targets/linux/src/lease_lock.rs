@@ -82,7 +82,9 @@
 //! - A prompt kill: the command runs alongside the runner, which kills it at its first tick
 //!   after the deadline (within about 20 ms on an idle machine, later under load or when the
 //!   runner itself is paused); whatever the command does in between happens without the lease.
-//!   The margin `ε · lease` is what the node adds before it grants the lock to another client.
+//!   With clocks that run at the same rate, the node grants the lock to another client no
+//!   sooner than `2 · ε · lease` (plus the round trip) after the deadline: a kill within that
+//!   margin comes before any successor's grant (200 ms for a 10 s lease at ε = 1 %).
 //! - Processes the command started outside its process group, or that outlive a SIGKILLed
 //!   runner, are not stopped.
 //! - A terminal: the command runs in its own process group, not the terminal's foreground one,
