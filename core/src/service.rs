@@ -306,6 +306,7 @@ tuple_services!(A 0, B 1);
 tuple_services!(A 0, B 1, C 2);
 tuple_services!(A 0, B 1, C 2, D 3);
 tuple_services!(A 0, B 1, C 2, D 3, E 4);
+tuple_services!(A 0, B 1, C 2, D 3, E 4, F 5);
 
 #[cfg(test)]
 mod tests {

@@ -4,11 +4,12 @@
 //! - `bedrock inspect` — lists every record of a data directory's log and what recovery found;
 //! - `bedrock bench` — throughput figures next to the raw limits measured in the same run;
 //! - `bedrock node` — a cluster node: the distributed counter, the replicated log, the message
-//!   queue, the job scheduler and membership (failure detection) over UDP;
+//!   queue, the job scheduler, the lock server and membership (failure detection) over UDP;
 //! - `bedrock members --node ADDR` — a node's member table;
 //! - `bedrock keygen` — a cluster key file;
 //! - `bedrock counter incr|get --node ADDR`, `bedrock log append|read --node ADDR`,
-//!   `bedrock queue …`, `bedrock jobs …` — clients of a node.
+//!   `bedrock queue …`, `bedrock jobs …`, `bedrock lock …` — clients of a node;
+//! - `bedrock fenced append|show` — an example resource protected by fencing tokens.
 //!
 //! User errors (bad arguments, a locked or missing directory, an overflowing counter) are one
 //! `error: …` sentence on stderr and a non-zero exit status, never a panic.
@@ -16,8 +17,10 @@
 mod bench;
 mod cluster;
 mod error;
+mod fenced;
 mod inspect;
 mod job_scheduler;
+mod lease_lock;
 mod membership;
 mod message_queue;
 mod node;
@@ -84,16 +87,16 @@ enum Command {
     /// total; the scratch directory is removed afterwards.
     Bench(BenchArgs),
     /// Runs a cluster node: the distributed counter, the replicated log, the message queue,
-    /// the job scheduler and membership over authenticated UDP.
+    /// the job scheduler, the lock server and membership over authenticated UDP.
     ///
     /// The node gossips counter entries with its peers every 200 ms and exchanges log entries
     /// every 100 ms, answers clients (`bedrock counter incr --node ADDR`, `bedrock log append
-    /// --node ADDR`, `bedrock queue …`, `bedrock jobs …`), and makes every write durable
+    /// --node ADDR`, `bedrock queue …`, `bedrock jobs …`, `bedrock lock …`), and makes every write durable
     /// (fdatasync, one per service shared by all requests that arrived together) before it
-    /// answers. The queue and the jobs are this node's own (not replicated). Logs one line on
+    /// answers. The queue, the jobs and the locks are this node's own (not replicated). Logs one line on
     /// stderr at start, one per membership change and one at stop. Stops cleanly on SIGINT or
     /// SIGTERM. The data directory holds `counter/`, `log/`, `queue/` (8 MiB each), `jobs/`
-    /// (16 MiB) and `incarnation` (bumped at every start, and raised to the membership
+    /// (16 MiB), `lock/` (1 MiB) and `incarnation` (bumped at every start, and raised to the membership
     /// incarnation when membership bumps it). Every node of a cluster must use the same --mtu and key file.
     ///
     /// Membership (SWIM with Lifeguard's refinements) learns the cluster from the seeds (--join
@@ -178,6 +181,40 @@ enum Command {
         about = "The job scheduler of a running node: submit jobs, run them with workers"
     )]
     Jobs(JobsCommand),
+    /// Named locks of a running node: leases with fencing tokens.
+    ///
+    /// A lock (a name of 1 to 32 bytes, on the node given with --node) is granted as a lease of
+    /// --ttl (at most the node's --lock-ttl-max) with a fencing token that grows with every
+    /// grant, across node restarts. The holder renews the lease before it ends; the node grants
+    /// the lock to nobody else before the lease ended (stretched by the node's drift bound),
+    /// and after a node restart not before --lock-ttl-max. A holder paused past its lease may
+    /// still act: a resource that must not see two holders checks the token (see `bedrock
+    /// fenced`).
+    ///
+    /// Example:
+    ///
+    ///   $ bedrock lock acquire --node 127.0.0.1:7001 --key-file cluster.key backup --ttl 30s
+    ///   1
+    ///   $ bedrock lock status --node 127.0.0.1:7001 --key-file cluster.key backup
+    ///   held holder 2923150114 token 1 lease_ms 28466 free_ms 28751
+    ///   $ bedrock lock release --node 127.0.0.1:7001 --key-file cluster.key backup 1
+    ///   $ bedrock lock run --node 127.0.0.1:7001 --key-file cluster.key backup --ttl 10s \
+    ///       --wait -- sh -c 'echo "token $BEDROCK_LOCK_TOKEN"'
+    ///   token 2
+    #[command(
+        subcommand,
+        verbatim_doc_comment,
+        about = "Named locks of a running node: leases with fencing tokens"
+    )]
+    Lock(LockCommand),
+    /// An example resource protected by fencing tokens: a file of `TOKEN TEXT` lines.
+    ///
+    /// `append FILE TOKEN TEXT` refuses a token below the highest one in the file (exit status
+    /// 1: a holder whose lease ended has been succeeded), else appends the line and syncs it;
+    /// the check and the append run under an exclusive flock(2). Every append reads the whole
+    /// file: an example, not a database.
+    #[command(subcommand)]
+    Fenced(FencedCommand),
     /// Writes a new random cluster key to a new file (mode 0600).
     ///
     /// The file holds one line `bedrock-key-v1 ID HEX`. To rotate keys without downtime, list
@@ -249,6 +286,16 @@ struct NodeArgs {
     /// to 5 minutes, drawn from the upper half of that (jitter).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]
     job_backoff: Duration,
+    /// The longest lease a lock grant or renewal may ask for (e.g. 60s). Also the lock-delay
+    /// after a restart: a lock held when the node stopped goes to nobody else before this
+    /// (stretched by the drift bound) has passed since the start.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    lock_ttl_max: Duration,
+    /// The drift bound ε between clients' clocks and the node's, in parts per million (10000
+    /// = 1 %): after a lease of `ttl` the lock goes to nobody else before `ttl · (1 + ε)`. At
+    /// most 500000.
+    #[arg(long, value_name = "PPM", default_value_t = node::LOCK_DRIFT_PPM)]
+    lock_drift_ppm: u32,
 }
 
 /// Where a queue or jobs command goes: a running node, and how to reach it.
@@ -350,6 +397,149 @@ enum QueueCommand {
     Stats {
         #[command(flatten)]
         remote: RemoteArgs,
+    },
+}
+
+/// How long to wait for a held lock.
+#[derive(Debug, Args)]
+struct WaitArgs {
+    /// While the lock is held, wait for it (retrying when the node says it may be free, with
+    /// jitter) instead of failing at once.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up (exit status 1) after this long.
+    #[arg(long, value_name = "DURATION", requires = "wait", value_parser = parse_duration)]
+    wait_max: Option<Duration>,
+}
+
+impl WaitArgs {
+    fn wait(&self) -> lease_lock::Wait {
+        lease_lock::Wait {
+            wait: self.wait,
+            max: self.wait_max,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum LockCommand {
+    /// Acquires lock NAME and prints its fencing token once the grant is durable.
+    ///
+    /// Exit status 1, with one line saying who holds it, under which token and when it frees,
+    /// when the lock is held (unless --wait). Keep the lease with `lock renew` before --ttl
+    /// passes; end it with `lock release`.
+    Acquire {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The lock's name, 1 to 32 bytes.
+        #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
+        name: String,
+        /// The lease (at most the node's --lock-ttl-max), in whole milliseconds.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = lease_lock::parse_ttl)]
+        ttl: Duration,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Renews the lease of lock NAME held under TOKEN; prints the lease left in milliseconds.
+    ///
+    /// Refused (exit status 1) with a stale token: the lock was released, or its lease ended.
+    Renew {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The lock's name, 1 to 32 bytes.
+        #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
+        name: String,
+        /// The grant's fencing token (printed by `lock acquire`).
+        #[arg(value_name = "TOKEN", value_parser = parse_amount)]
+        token: u64,
+        /// The lease from now (at most the node's --lock-ttl-max).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = lease_lock::parse_ttl)]
+        ttl: Duration,
+    },
+    /// Releases lock NAME held under TOKEN; prints nothing.
+    ///
+    /// Refused (exit status 1) with a stale token. A release that had to be sent again and was
+    /// then refused as stale (its first answer was lost) says so on stderr and exits 0.
+    Release {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The lock's name, 1 to 32 bytes.
+        #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
+        name: String,
+        /// The grant's fencing token.
+        #[arg(value_name = "TOKEN", value_parser = parse_amount)]
+        token: u64,
+    },
+    /// Prints lock NAME's state on one line.
+    ///
+    /// `held holder ID token T lease_ms L free_ms F` while a lease lasts, else `free token T
+    /// free_ms F`: ID is the holder's client id, T the latest grant's token (0: none
+    /// remembered), L the lease left and F the time until the lock can be granted to another
+    /// client, in milliseconds.
+    Status {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The lock's name, 1 to 32 bytes.
+        #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
+        name: String,
+    },
+    /// Runs CMD while holding lock NAME, renewing the lease; kills CMD if the lease is lost.
+    ///
+    /// Acquires the lock (waiting with --wait), runs CMD ARGS… directly (no shell) in its own
+    /// process group with BEDROCK_LOCK_NAME and BEDROCK_LOCK_TOKEN in its environment, and
+    /// renews every third of --ttl. The lease counts as lost at lease · (1 − ε) after the
+    /// first send of the request that granted or last renewed it (ε = --drift-ppm). When a
+    /// renewal is refused or that deadline passes (a pause, a partition, the node down), CMD's
+    /// process group gets SIGKILL at once and the exit status is 75, with one line `error:
+    /// lease on NAME lost: …`. When CMD exits, the lock is released and its exit status
+    /// returned (128 + N for signal N). SIGINT or SIGTERM stop CMD (SIGTERM, SIGKILL after
+    /// 1 s), release the lock and exit 128 + the signal. Exit status 1 when the lock was not
+    /// acquired.
+    Run {
+        #[command(flatten)]
+        remote: RemoteArgs,
+        /// The lock's name, 1 to 32 bytes.
+        #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
+        name: String,
+        /// The lease, renewed every third of it (at most the node's --lock-ttl-max).
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = lease_lock::parse_ttl)]
+        ttl: Duration,
+        #[command(flatten)]
+        wait: WaitArgs,
+        /// The drift bound ε assumed between this machine's clock and the node's, in parts per
+        /// million (the node's default is 10000 = 1 %). At most 500000.
+        #[arg(long, value_name = "PPM", default_value_t = node::LOCK_DRIFT_PPM,
+              value_parser = clap::value_parser!(u32).range(0..=500_000))]
+        drift_ppm: u32,
+        /// The command and its arguments, after `--`.
+        #[arg(value_name = "CMD", last = true, required = true)]
+        command: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FencedCommand {
+    /// Appends `TOKEN TEXT` to FILE unless TOKEN is below the highest token in it.
+    ///
+    /// Creates FILE if needed. Refused (exit status 1, nothing written) with a stale token:
+    /// `stale fencing token T: the resource has seen token H`. The line is synced before the
+    /// command exits.
+    Append {
+        /// The fenced file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The writer's fencing token (e.g. $BEDROCK_LOCK_TOKEN).
+        #[arg(value_name = "TOKEN", value_parser = parse_amount)]
+        token: u64,
+        /// The line's text (one line; may start with '-').
+        #[arg(value_name = "TEXT", allow_hyphen_values = true)]
+        text: String,
+    },
+    /// Prints FILE's `TOKEN TEXT` lines.
+    Show {
+        /// The fenced file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -688,10 +878,65 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             mtu: usize::from(args.mtu),
             job_lease: args.job_lease,
             job_backoff: args.job_backoff,
+            lock_ttl_max: args.lock_ttl_max,
+            lock_drift_ppm: args.lock_drift_ppm,
         }),
         Command::Members(remote) => membership::members(remote.node, &remote.access.access()),
         Command::Queue(command) => run_queue(command),
         Command::Jobs(command) => run_jobs(command),
+        Command::Lock(command) => run_lock(command),
+        Command::Fenced(FencedCommand::Append { file, token, text }) => {
+            fenced::append(&file, token, &text)
+        }
+        Command::Fenced(FencedCommand::Show { file }) => fenced::show(&file),
+    }
+}
+
+fn run_lock(command: LockCommand) -> Result<ExitCode, Error> {
+    match command {
+        LockCommand::Acquire {
+            remote,
+            name,
+            ttl,
+            wait,
+        } => lease_lock::acquire(
+            remote.node,
+            &remote.access.access(),
+            &name,
+            ttl,
+            wait.wait(),
+        ),
+        LockCommand::Renew {
+            remote,
+            name,
+            token,
+            ttl,
+        } => lease_lock::renew(remote.node, &remote.access.access(), &name, token, ttl),
+        LockCommand::Release {
+            remote,
+            name,
+            token,
+        } => lease_lock::release(remote.node, &remote.access.access(), &name, token),
+        LockCommand::Status { remote, name } => {
+            lease_lock::status(remote.node, &remote.access.access(), &name)
+        }
+        LockCommand::Run {
+            remote,
+            name,
+            ttl,
+            wait,
+            drift_ppm,
+            command,
+        } => {
+            let options = lease_lock::RunOptions {
+                name: &name,
+                ttl,
+                wait: wait.wait(),
+                drift_ppm,
+                command: &command,
+            };
+            lease_lock::run(remote.node, &remote.access.access(), &options)
+        }
     }
 }
 

@@ -1,10 +1,11 @@
 //! `bedrock node`: one cluster node running the distributed counter, the replicated log, the
-//! message queue, the job scheduler and membership over authenticated UDP, until SIGINT or
-//! SIGTERM.
+//! message queue, the job scheduler, the lock server and membership over authenticated UDP,
+//! until SIGINT or SIGTERM.
 //!
-//! The counter and the log are shared by the cluster (gossip, anti-entropy); the queue and the
-//! scheduler are the node's own: a client talks to the node that holds its queue or its jobs
-//! (`bedrock queue …` and `bedrock jobs …` with `--node ADDR`), and nothing is replicated.
+//! The counter and the log are shared by the cluster (gossip, anti-entropy); the queue, the
+//! scheduler and the locks are the node's own: a client talks to the node that holds its queue,
+//! its jobs or its locks (`bedrock queue …`, `bedrock jobs …` and `bedrock lock …` with `--node
+//! ADDR`), and nothing is replicated.
 //! Membership (SWIM with Lifeguard, see [`crate::membership`]) learns the cluster from the
 //! seeds (`--join`, and the `--peer` addresses), detects failures and logs every change; `bedrock
 //! members --node ADDR` prints a node's view. On SIGINT or SIGTERM the node first announces
@@ -16,6 +17,7 @@
 //! - `log/`: the replicated log's store;
 //! - `queue/`: the message queue's store;
 //! - `jobs/`: the job scheduler's store;
+//! - `lock/`: the lock server's store;
 //! - `incarnation`: the number bumped at every start (see `bedrock_std::incarnation`), and
 //!   raised to the membership incarnation whenever membership bumps it.
 //!
@@ -113,6 +115,25 @@
 //!
 //! The scheduler is opened just before the event loop's clock starts, so the durations it
 //! rebuilds at a restart end no earlier than they should.
+//!
+//! # Geometry of the lock store
+//!
+//! [`LOCK_CAPACITY`] = 1 MiB in 16 segments of 64 KiB, write size 8, with a lent buffer of one
+//! segment. The server holds [`LOCKS`] = 1024 locks (held, or ended and not yet reused) and
+//! [`LOCK_PENDING`] = 256 answers waiting for a sync; a grant of a new lock past the table is
+//! refused as full unless an ended lock can be evicted. The server's tables take about 94 KiB.
+//! A GRANT or RELEASE frame is about 80 bytes; a checkpoint (the next token and every lock, at
+//! most 48 KiB for 1024 locks, so it fits one segment) follows every 256 records, or sooner
+//! when free segments run short, and releases the segments before it.
+//!
+//! The longest lease is `--lock-ttl-max` (60 s by default), and the drift bound ε is
+//! `--lock-drift-ppm` (10 000 ppm = 1 % by default): after a grant or renewal of `ttl`, the
+//! lock goes to nobody else before `ttl · (1 + ε)`. Renewals live in memory only: after a
+//! restart every lock the log shows held stays held for `--lock-ttl-max` and goes to nobody else
+//! before `--lock-ttl-max · (1 + ε)` from the start (the lock-delay), whatever its holder's
+//! lease was. The lock server has no clean-shutdown marker of its own: every record it answered
+//! is synced already, and a restart recovers its store like after a crash (appending in a fresh
+//! segment, which the next checkpoint reclaims).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -126,6 +147,7 @@ use bedrock::crdt::NodeId;
 use bedrock::dcounter::{self, DistributedCounter};
 use bedrock::driver::{Driver, DriverStats};
 use bedrock::jobs::{self, Scheduler};
+use bedrock::lock::{self, LockServer};
 use bedrock::log::{self, Recovery};
 use bedrock::queue::{self, Queue};
 use bedrock::rlog::{Rlog, RlogConfig, RECORD_OVERHEAD};
@@ -247,12 +269,32 @@ const _: () = assert!(JOBS_CAPACITY / JOBS_SEGMENT as u64 == 64);
 const _: () =
     assert!(jobs::checkpoint_len_max(JOBS_MAX, JOBS_DONE) + 1024 <= JOBS_SEGMENT as usize);
 
+/// The lock store of a node: 1 MiB in 16 segments of 64 KiB.
+pub const LOCK_CAPACITY: u64 = 1 << 20;
+/// The lock server's lent buffer: one segment.
+const LOCK_BUFFER_BYTES: usize = ERASE_SIZE as usize;
+/// Locks a node's lock server holds (held, or ended and not yet evicted).
+pub const LOCKS: usize = 1024;
+/// Lock answers waiting for one sync.
+pub const LOCK_PENDING: usize = 256;
+/// Records between two lock checkpoints.
+const LOCK_CHECKPOINT_EVERY: u32 = 256;
+/// The drift bound of a node's leases by default: 1 %.
+pub const LOCK_DRIFT_PPM: u32 = 10_000;
+/// The largest drift bound accepted: 50 %.
+pub const LOCK_DRIFT_PPM_MAX: u32 = 500_000;
+
+const _: () = assert!(LOCK_CAPACITY / ERASE_SIZE as u64 == 16);
+// A checkpoint of every lock, with the control frames, fits one segment and the lent buffer.
+const _: () = assert!(lock::checkpoint_len_max(LOCKS) + 1024 <= ERASE_SIZE as usize);
+
 type NodeCounter =
     DistributedCounter<FileStorage, Vec<u8>, NODES_MAX, PEERS_MAX, DONE_MAX, PENDING_MAX>;
 type NodeLog = Rlog<FileStorage, Vec<u8>, LOG_ORIGINS_MAX, PEERS_MAX, LOG_SEGMENTS>;
 pub type NodeQueue =
     Queue<FileStorage, Vec<u8>, QUEUE_MESSAGES, QUEUE_NAMES, QUEUE_PRODUCERS, QUEUE_REPLIES>;
 pub type NodeJobs = Scheduler<FileStorage, Vec<u8>, JOBS_MAX, JOBS_DONE, JOBS_PENDING>;
+pub type NodeLock = LockServer<FileStorage, Vec<u8>, LOCKS, LOCK_PENDING>;
 
 /// The largest queue message a node with datagrams of `mtu` bytes takes: [`MESSAGE_MAX`], or
 /// less when a `Delivery` reply would not fit one datagram.
@@ -303,6 +345,10 @@ pub struct NodeOptions {
     pub job_lease: Duration,
     /// The backoff after a job's first failed attempt (doubling, jittered, up to 5 minutes).
     pub job_backoff: Duration,
+    /// The longest lease a lock grant or renewal may ask for; also the lock-delay at a restart.
+    pub lock_ttl_max: Duration,
+    /// The drift bound of lock leases, in parts per million.
+    pub lock_drift_ppm: u32,
 }
 
 fn open_store(dir: &Path, capacity: u64) -> Result<FileStorage, Error> {
@@ -424,6 +470,41 @@ pub fn open_node_jobs(
         .map_err(|error| error.to_string())
 }
 
+/// The configuration of a node's lock server: leases of at most `ttl_max` (also the lock-delay
+/// after a restart), a drift bound of `drift_ppm`.
+pub fn lock_config(ttl_max: Duration, drift_ppm: u32) -> lock::Config {
+    lock::Config {
+        ttl_max,
+        drift_ppm,
+        checkpoint_every: LOCK_CHECKPOINT_EVERY,
+        log: log::Config {
+            segment_size: ERASE_SIZE,
+            ..log::Config::default()
+        },
+    }
+}
+
+/// Opens a node's lock server on `storage` at `now`, with the lent buffer `bedrock node` uses.
+pub fn open_node_lock(
+    storage: FileStorage,
+    config: lock::Config,
+    now: Instant,
+) -> Result<(NodeLock, Recovery), String> {
+    NodeLock::open(storage, vec![0; LOCK_BUFFER_BYTES], config, now)
+        .map_err(|error| error.to_string())
+}
+
+/// Opens the lock server at `Instant::ZERO`, like the scheduler (see `open_jobs`): the
+/// lock-delay of the locks held at a restart is counted from the loop's start.
+fn open_lock(options: &NodeOptions, storage: FileStorage) -> Result<NodeLock, Error> {
+    let dir = options.data.join("lock");
+    let config = lock_config(options.lock_ttl_max, options.lock_drift_ppm);
+    let (server, recovery) = open_node_lock(storage, config, Instant::ZERO)
+        .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
+    warn_about(&dir, &recovery);
+    Ok(server)
+}
+
 /// The options of a node store of `capacity` bytes whose segments are erase blocks of
 /// 64 KiB (the jobs store groups four of them into each log segment).
 pub fn store_options(capacity: u64) -> FileOptions {
@@ -471,6 +552,14 @@ fn check_options(options: &NodeOptions) -> Result<(), Error> {
     if options.job_lease.is_zero() {
         return Err(fail("--job-lease must be longer than 0"));
     }
+    if options.lock_ttl_max < Duration::from_millis(1) {
+        return Err(fail("--lock-ttl-max must be at least 1ms"));
+    }
+    if options.lock_drift_ppm > LOCK_DRIFT_PPM_MAX {
+        return Err(fail(format!(
+            "--lock-drift-ppm must be at most {LOCK_DRIFT_PPM_MAX} (50 %)"
+        )));
+    }
     if data_max(options.mtu) == 0 {
         return Err(fail(format!(
             "--mtu {} leaves no room for log entries",
@@ -500,7 +589,14 @@ fn jobs_size(scheduler: &NodeJobs) -> (usize, usize) {
 }
 
 /// The services a node runs, as the event loop takes them.
-type NodeServices = (NodeCounter, NodeLog, NodeQueue, NodeJobs, NodeMembership);
+type NodeServices = (
+    NodeCounter,
+    NodeLog,
+    NodeQueue,
+    NodeJobs,
+    NodeMembership,
+    NodeLock,
+);
 
 fn addresses(addrs: &[SocketAddr]) -> String {
     let addrs: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
@@ -508,37 +604,41 @@ fn addresses(addrs: &[SocketAddr]) -> String {
 }
 
 fn start_line(options: &NodeOptions, incarnation: u32, services: &NodeServices) {
-    let (counter, replica, queue, scheduler, _) = services;
+    let (counter, replica, queue, scheduler, _, locks) = services;
     let seeds = membership::seeds(&options.joins, &options.peers, options.listen);
     let (entries, origins) = log_size(replica);
     let (unfinished, dead) = jobs_size(scheduler);
     eprintln!(
         "node {} (incarnation {incarnation}) listening on {}, peers [{}], seeds [{}], counter {}, \
          log {entries} entries from {origins} origins, queue {} live messages, jobs {unfinished} \
-         unfinished ({dead} dead)",
+         unfinished ({dead} dead), {} locks known, lock ttl max {} ms",
         options.id,
         options.listen,
         addresses(&options.peers),
         addresses(&seeds),
         counter.value(),
         queue.stats().live,
+        locks.locks().len(),
+        options.lock_ttl_max.as_millis(),
     );
 }
 
 fn stop_line(id: u32, stats: DriverStats, services: &NodeServices) {
-    let (counter, replica, queue, scheduler, members) = services;
+    let (counter, replica, queue, scheduler, members, locks) = services;
     let members = members.get();
     let member_stats = members.stats();
     let (entries, _) = log_size(replica);
     let log_stats = replica.stats();
     let queue_stats = queue.stats();
     let jobs_stats = scheduler.stats();
+    let lock_stats = locks.stats();
     let (unfinished, dead) = jobs_size(scheduler);
     eprintln!(
         "node {id} stopping: {} datagrams in, {} out, {} rejected, {} truncated; counter {}, \
          {} increments; log {entries} entries, {} received, {} refused, {} segments released; \
          queue {} live messages, {} sent, {} acked, {} expired; jobs {unfinished} unfinished \
-         ({dead} dead), {} submitted, {} completed, {} failed, {} expired; membership {} live \
+         ({dead} dead), {} submitted, {} completed, {} failed, {} expired; locks {} known, {} \
+         grants, {} renewals, {} releases, {} refused held, {} refused stale; membership {} live \
          members, incarnation {}, {} suspicions, {} refutations, {} declared dead",
         stats.received,
         stats.sent,
@@ -557,6 +657,12 @@ fn stop_line(id: u32, stats: DriverStats, services: &NodeServices) {
         jobs_stats.completed,
         jobs_stats.failed,
         jobs_stats.expired,
+        locks.locks().len(),
+        lock_stats.grants,
+        lock_stats.renewals,
+        lock_stats.releases,
+        lock_stats.held,
+        lock_stats.stale,
         members.live_count(),
         members.incarnation(),
         member_stats.suspicions,
@@ -592,6 +698,7 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
     let log_storage = open_store(&options.data.join("log"), LOG_CAPACITY)?;
     let queue_storage = open_store(&options.data.join("queue"), QUEUE_CAPACITY)?;
     let jobs_storage = open_store(&options.data.join("jobs"), JOBS_CAPACITY)?;
+    let lock_storage = open_store(&options.data.join("lock"), LOCK_CAPACITY)?;
     let incarnation = incarnation::bump(&options.data)
         .map_err(|error| fail(format!("cannot record the incarnation: {error}")))?;
     let counter = open_counter(&options, counter_storage, incarnation)?;
@@ -621,15 +728,19 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
     );
     // Opened last, right before the loop's clock starts (see `open_jobs`).
     let scheduler = open_jobs(&options, jobs_storage)?;
+    let locks = open_lock(&options, lock_storage)?;
     let mut event_loop = EventLoop::new(Driver::new(wire), socket, seed);
-    // Kept on the heap while the loop runs: the services' fixed tables take about 0.7 MB.
-    let mut services: Box<NodeServices> = Box::new((counter, replica, queue, scheduler, members));
+    // Kept on the heap while the loop runs: the services' fixed tables take about 0.8 MB.
+    let mut services: Box<NodeServices> =
+        Box::new((counter, replica, queue, scheduler, members, locks));
     start_line(&options, incarnation, &services);
     let result = event_loop
         .run(&mut *services, &stop)
         .and_then(|()| leave(&mut event_loop, &mut services, options.probe_interval));
     stop_line(options.id, event_loop.stats(), &services);
-    let (counter, replica, queue, scheduler, _) = *services;
+    let (counter, replica, queue, scheduler, _, locks) = *services;
+    // Every answered record is synced already; the store is closed like after a crash.
+    drop(locks.into_parts());
     // Every close runs whatever the loop's outcome; the first failure is reported.
     let jobs_closed = scheduler.close();
     let queue_closed = queue.close();
