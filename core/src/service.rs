@@ -207,7 +207,7 @@ impl core::fmt::Display for CommitFailed {
 impl core::error::Error for CommitFailed {}
 
 /// Several services run by one node, dispatched by envelope kind. Implemented for a single
-/// [`Service`] and for tuples of two to five, so a driver runs any combination.
+/// [`Service`] and for tuples of two to six, so a driver runs any combination.
 pub trait Services {
     /// Hands an authenticated message to the service of `kind`; false when no service has it.
     fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool;

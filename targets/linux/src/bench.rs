@@ -24,11 +24,15 @@
 //!   running `bedrock::jobs::Scheduler`, against (a) run in turns; see [`jobs_load`].
 //! - (i) `Queue::open` after a crash, against the backlog of live messages and the log behind
 //!   it, beside a raw sequential read of the same file; see [`queue_recovery`].
+//! - (j) uncontended lock acquire+release cycles per second from 1 and 16 clients through one
+//!   node running `bedrock::lock::LockServer`, against (a) run in turns; (k) the fail-over time
+//!   of a lock whose holder died, beside its ttl and `ttl · (1 + ε)`; see [`lock_load`].
 //!
 //! `--only LETTERS` selects figures by letter (`--only ghi` runs g, h and i; a, b and c go
 //! together).
 
 mod jobs_load;
+mod lock_load;
 mod node_load;
 mod queue_load;
 mod queue_recovery;
@@ -147,6 +151,23 @@ pub fn run(dir: Option<&Path>, seconds: f64, only: Option<&str>) -> Result<ExitC
             notes.extend(jobs.notes());
         }
     }
+    if selection.has('j') || selection.has('k') {
+        let mut raw = RawSync::new(scratch.path())?;
+        progress(format_args!(
+            "j-k: one lock node, {:?} clients acquiring and releasing, then fail-over of a dead \
+             holder's lock at ttls {:?}",
+            lock_load::LEVELS,
+            lock_load::FAILOVER_TTLS
+        ));
+        let locks = lock_load::figures(
+            scratch.path(),
+            budget,
+            &mut raw,
+            (selection.has('j'), selection.has('k')),
+        )?;
+        rows.extend(locks.rows());
+        notes.extend(locks.notes());
+    }
     if selection.has('i') {
         progress(format_args!("i: queue recovery against its backlog"));
         let recovery = queue_recovery::figures(scratch.path(), budget)?;
@@ -196,7 +217,7 @@ struct Selection {
 
 impl Selection {
     /// Every figure's letter; a, b and c run together.
-    const LETTERS: &'static str = "abcdefghi";
+    const LETTERS: &'static str = "abcdefghijk";
 
     fn parse(text: &str) -> Result<Self, Error> {
         let mut letters = String::new();
@@ -204,7 +225,7 @@ impl Selection {
             let letter = letter.to_ascii_lowercase();
             if !Self::LETTERS.contains(letter) {
                 return Err(fail(format!(
-                    "--only: no figure {letter:?} (the figures are a to i)"
+                    "--only: no figure {letter:?} (the figures are a to k)"
                 )));
             }
             // a, b and c are measured in turns: any of them runs all three.

@@ -179,6 +179,7 @@ struct Answered {
 fn request_of(message: &Message<'_>) -> u64 {
     match *message {
         Message::Acquire { request, .. }
+        | Message::AcquireAtLeast { request, .. }
         | Message::Granted { request, .. }
         | Message::Renew { request, .. }
         | Message::Renewed { request, .. }

@@ -131,9 +131,8 @@
 //! lock goes to nobody else before `ttl · (1 + ε)`. Renewals live in memory only: after a
 //! restart every lock the log shows held stays held for `--lock-ttl-max` and goes to nobody else
 //! before `--lock-ttl-max · (1 + ε)` from the start (the lock-delay), whatever its holder's
-//! lease was. The lock server has no clean-shutdown marker of its own: every record it answered
-//! is synced already, and a restart recovers its store like after a crash (appending in a fresh
-//! segment, which the next checkpoint reclaims).
+//! lease was. A clean stop closes the lock store like the others (a close marker: the next
+//! start appends right after it).
 
 use std::fs;
 use std::net::SocketAddr;
@@ -739,9 +738,8 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
         .and_then(|()| leave(&mut event_loop, &mut services, options.probe_interval));
     stop_line(options.id, event_loop.stats(), &services);
     let (counter, replica, queue, scheduler, _, locks) = *services;
-    // Every answered record is synced already; the store is closed like after a crash.
-    drop(locks.into_parts());
     // Every close runs whatever the loop's outcome; the first failure is reported.
+    let locks_closed = locks.close();
     let jobs_closed = scheduler.close();
     let queue_closed = queue.close();
     let log_closed = replica.close();
@@ -751,6 +749,7 @@ pub fn node(options: NodeOptions) -> Result<ExitCode, Error> {
     log_closed.map_err(|error| fail(format!("closing the log store failed: {error}")))?;
     queue_closed.map_err(|error| fail(format!("closing the queue store failed: {error}")))?;
     jobs_closed.map_err(|error| fail(format!("closing the jobs store failed: {error}")))?;
+    locks_closed.map_err(|error| fail(format!("closing the lock store failed: {error}")))?;
     Ok(ExitCode::SUCCESS)
 }
 
