@@ -395,9 +395,12 @@ struct Totals {
     writes_accepted: u64,
     stale_writes_refused: u64,
     recovered_unanswered: u64,
+    clock_resets: u64,
     overlaps: u64,
     overlap_seeds: u64,
     closest_margin_us: Option<i64>,
+    tight_seeds: u64,
+    tight_margin_us: Option<i64>,
     closest_margin_ttl: Option<f64>,
     failovers: Vec<f64>,
     noise_sent: u64,
@@ -431,9 +434,12 @@ impl Totals {
         self.writes_accepted += other.writes_accepted;
         self.stale_writes_refused += other.stale_writes_refused;
         self.recovered_unanswered += other.recovered_unanswered;
+        self.clock_resets += other.clock_resets;
         self.overlaps += other.overlaps;
         self.overlap_seeds += other.overlap_seeds;
         self.closest_margin_us = min_opt(self.closest_margin_us, other.closest_margin_us);
+        self.tight_seeds += other.tight_seeds;
+        self.tight_margin_us = min_opt(self.tight_margin_us, other.tight_margin_us);
         self.closest_margin_ttl = match (self.closest_margin_ttl, other.closest_margin_ttl) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -491,7 +497,15 @@ impl Sim {
         let ttl_max = Duration::from_millis(rng.between(100, 2_000));
         let count = rng.between(3, 6) as usize;
         let locks = if count >= 4 && rng.chance(0.5) { 2 } else { 1 };
-        let latency_max_us = rng.between(1_000, (us(ttl_max) / 20).max(1_000));
+        // One main seed in four is tight: every clock at the edge of the bound that favours
+        // overlap (the server's fast, the contenders' slow) and latencies of 0.1 to 0.3 ms, so
+        // only the rounding of leases, deadlines and guards stands between two believers.
+        let tight = !control && seed % 4 == 3;
+        let latency_max_us = if tight {
+            300
+        } else {
+            rng.between(1_000, (us(ttl_max) / 20).max(1_000))
+        };
         let retry = ttl_max / 8 + Duration::from_micros(2 * latency_max_us);
         let chaos_faults = NetFaults {
             drop: 0.02 + rng.below(19) as f64 / 100.0,
@@ -511,6 +525,12 @@ impl Sim {
                     -3 * eps_i
                 } else {
                     3 * eps_i
+                }
+            } else if tight {
+                if contender {
+                    -eps_i
+                } else {
+                    eps_i
                 }
             } else {
                 rng.between(0, 2 * eps as u64) as i64 - eps_i
@@ -552,7 +572,8 @@ impl Sim {
             read_size: 1,
             write_size: [1, 8, 32][rng.below(3) as usize],
             erase_size: 4096,
-            capacity: 8 * 4096,
+            // One seed in five has a log of 4 segments, to hunt for reclamation wedges.
+            capacity: if seed % 5 == 1 { 4 } else { 8 } * 4096,
             erased_value: 0xFF,
         };
         let storage = Shared(Rc::new(RefCell::new(
@@ -610,6 +631,7 @@ impl Sim {
             violations: Vec::new(),
             totals: Totals {
                 seeds: 1,
+                tight_seeds: u64::from(tight),
                 ..Totals::default()
             },
         }
@@ -640,6 +662,11 @@ impl Sim {
         let now = self.now();
         if self.server.down_until.is_none_or(|at| at > now) {
             return Ok(());
+        }
+        if self.rng.chance(0.5) {
+            // A reboot: a fresh monotonic clock (same rate), maybe reading less than before.
+            self.server.clock.offset = self.rng.below(1_000_000_000);
+            self.totals.clock_resets += 1;
         }
         let local = self.server.clock.local(now);
         self.server.incarnation += 1;
@@ -1573,6 +1600,10 @@ impl Sim {
                 let margin = start.as_micros() as i64 - latest.as_micros() as i64;
                 self.totals.closest_margin_us =
                     min_opt(self.totals.closest_margin_us, Some(margin));
+                if self.totals.tight_seeds > 0 {
+                    self.totals.tight_margin_us =
+                        min_opt(self.totals.tight_margin_us, Some(margin));
+                }
                 let in_ttl = margin as f64 / self.ttl_us() as f64;
                 self.totals.closest_margin_ttl = Some(
                     self.totals
@@ -1758,7 +1789,7 @@ fn lock_leases_never_overlap_fence_stale_writes_and_fail_over_a_dead_holder() {
     println!(
         "sim_lock: pauses {} ({} past the ttl, {} writes held across one), partitions {} ({} \
          past the ttl), server crashes {} ({} power cuts armed, {} sync failures, {} recoveries \
-         retried), contender crashes {}",
+         retried, {} with a fresh server clock), contender crashes {}",
         t.pauses,
         t.pauses_past_ttl,
         t.delayed_writes,
@@ -1768,17 +1799,21 @@ fn lock_leases_never_overlap_fence_stale_writes_and_fail_over_a_dead_holder() {
         t.power_cuts_armed,
         t.sync_failures,
         t.recovery_retries,
+        t.clock_resets,
         t.contender_crashes
     );
     println!(
         "sim_lock: writes sent {}, accepted {}, stale refused by the fence {}; overlapping \
-         believers {} (must be 0); closest margin {:.3} ms ({:.4} ttl_max)",
+         believers {} (must be 0); closest margin {:.3} ms ({:.4} ttl_max); {} tight seeds (clocks \
+         at the bound's worst edge, 0.1–0.3 ms latency): closest margin {:.3} ms",
         t.writes_sent,
         t.writes_accepted,
         t.stale_writes_refused,
         t.overlaps,
         t.closest_margin_us.unwrap_or(0) as f64 / 1000.0,
-        t.closest_margin_ttl.unwrap_or(f64::NAN)
+        t.closest_margin_ttl.unwrap_or(f64::NAN),
+        t.tight_seeds,
+        t.tight_margin_us.unwrap_or(0) as f64 / 1000.0
     );
     println!(
         "sim_lock: fail-over of a dead holder ({} measured), from its last grant or renewal, in \
