@@ -44,6 +44,9 @@
 //! 1. **no two believers**: at no true instant do two contenders believe they hold the same
 //!    lock (belief intervals in true time, ended at the deadline, a release, a refused renewal
 //!    or a crash); the closest margin between one belief's end and another's start is reported;
+//!    and, from the server's side, after every simulation step while the server is up: a
+//!    contender that believes has the server's current token for that lock, whose guard has
+//!    not passed (`free_at` after the server's now);
 //! 2. **no stale write accepted**: every write the fenced resource ([`Fence`]) accepts carries
 //!    a token at least every token accepted before (the test's own ledger), was granted by the
 //!    server to that writer, and the fence refuses exactly the writes the ledger says are
@@ -298,6 +301,8 @@ struct Server {
     /// New tokens and renewals seen sent in this incarnation (for the stats check).
     seen_grants: u64,
     seen_renewals: u64,
+    seen_releases: u64,
+    seen_held: u64,
 }
 
 /// A request re-sent (same id) until answered.
@@ -405,6 +410,7 @@ struct Totals {
     writes_accepted: u64,
     stale_writes_refused: u64,
     recovered_unanswered: u64,
+    server_view_checks: u64,
     clock_resets: u64,
     overlaps: u64,
     overlap_seeds: u64,
@@ -444,6 +450,7 @@ impl Totals {
         self.writes_accepted += other.writes_accepted;
         self.stale_writes_refused += other.stale_writes_refused;
         self.recovered_unanswered += other.recovered_unanswered;
+        self.server_view_checks += other.server_view_checks;
         self.clock_resets += other.clock_resets;
         self.overlaps += other.overlaps;
         self.overlap_seeds += other.overlap_seeds;
@@ -610,6 +617,8 @@ impl Sim {
             rng: SimRng::new(seed ^ 0x5E4E),
             seen_grants: 0,
             seen_renewals: 0,
+            seen_releases: 0,
+            seen_held: 0,
         };
         Self {
             seed,
@@ -741,6 +750,8 @@ impl Sim {
         self.server.down_until = None;
         self.server.seen_grants = 0;
         self.server.seen_renewals = 0;
+        self.server.seen_releases = 0;
+        self.server.seen_held = 0;
         self.network.set_down(SERVER, false);
         Ok(())
     }
@@ -763,6 +774,12 @@ impl Sim {
             wrong.push(format!(
                 "{} renewals counted, {} renewals and re-grants sent",
                 stats.renewals, self.server.seen_renewals
+            ));
+        }
+        if stats.releases < self.server.seen_releases || stats.held < self.server.seen_held {
+            wrong.push(format!(
+                "{} releases and {} held refusals counted, {} and {} sent",
+                stats.releases, stats.held, self.server.seen_releases, self.server.seen_held
             ));
         }
         if stats.malformed > driven.received || stats.syncs > driven.steps {
@@ -857,8 +874,12 @@ impl Sim {
                     self.server.seen_renewals += 1;
                     self.totals.renewals += 1;
                 }
-                Answer::Released => self.totals.releases += 1,
+                Answer::Released => {
+                    self.totals.releases += 1;
+                    self.server.seen_releases += 1;
+                }
                 Answer::Refused(reason) => {
+                    self.server.seen_held += u64::from(reason == Refusal::Held);
                     *self
                         .totals
                         .refusals
@@ -1518,7 +1539,44 @@ impl Sim {
                 self.step_contender(index);
             }
         }
+        self.check_server_view();
         Ok(())
+    }
+
+    /// The server's side of invariant 1: while a contender believes it holds a lock, the
+    /// server (when up) has that lock under the believer's token and would not grant it to
+    /// anyone else yet. Not checked in the negative control, whose clocks break the bound.
+    fn check_server_view(&mut self) {
+        if self.control {
+            return;
+        }
+        let now = self.now();
+        let Some((services, _)) = self.server.running.as_ref() else {
+            return;
+        };
+        let server_now = self.server.clock.local(now);
+        let mut wrong = Vec::new();
+        for (index, contender) in self.contenders.iter().enumerate() {
+            let Phase::Holding(hold) = contender.phase else {
+                continue;
+            };
+            if contender.dead || contender.clock.local(now) >= hold.deadline {
+                continue;
+            }
+            let name = LOCK_NAMES[contender.lock].as_bytes();
+            let status = services.server.status(server_now, name);
+            if status.token != hold.token || status.free_at <= server_now {
+                wrong.push(format!(
+                    "contender {index} believes it holds lock {} under token {}, but the \
+                     server has {status:?} at {server_now:?}",
+                    contender.lock, hold.token
+                ));
+            }
+        }
+        self.totals.server_view_checks += 1;
+        for text in wrong {
+            self.violation(text);
+        }
     }
 
     /// Runs the simulation until `end` (true time).
@@ -1836,8 +1894,14 @@ fn lock_leases_never_overlap_fence_stale_writes_and_fail_over_a_dead_holder() {
     );
     println!(
         "sim_lock: noise datagrams {}, counted malformed by the server {}, checkpoints {}; \
-         grants recovered from the log never seen answered {}; refusals {:?}",
-        t.noise_sent, t.malformed, t.checkpoints, t.recovered_unanswered, t.refusals
+         grants recovered from the log never seen answered {}; server-side belief checks {}; \
+         refusals {:?}",
+        t.noise_sent,
+        t.malformed,
+        t.checkpoints,
+        t.recovered_unanswered,
+        t.server_view_checks,
+        t.refusals
     );
     println!(
         "sim_lock: NEGATIVE CONTROL (clocks at 1 ± 3ε, server fast): {} seeds, {} with \
