@@ -373,6 +373,8 @@ struct Resource {
     wire: Wire<1, 16>,
     fences: Vec<Fence>,
     highest: Vec<u64>,
+    /// Every write in arrival order: lock, token, writer, accepted.
+    log: Vec<(usize, u64, usize, bool)>,
 }
 
 struct Failover {
@@ -637,6 +639,7 @@ impl Sim {
                 wire: Wire::encrypted(CLUSTER, NodeId(3), 1, key()),
                 fences: vec![Fence::new(); locks],
                 highest: vec![0; locks],
+                log: Vec::new(),
             },
             noise_wire: Wire::encrypted(CLUSTER, NodeId(99), 1, key()),
             noise_request: 1,
@@ -989,6 +992,7 @@ impl Sim {
                     }
                     self.resource.highest[lock] = self.resource.highest[lock].max(token);
                     self.totals.writes_accepted += 1;
+                    self.resource.log.push((lock, token, writer, true));
                 }
                 Err(_) => {
                     if !stale {
@@ -998,6 +1002,7 @@ impl Sim {
                         ));
                     }
                     self.totals.stale_writes_refused += 1;
+                    self.resource.log.push((lock, token, writer, false));
                 }
             }
         }
@@ -1692,6 +1697,30 @@ impl Sim {
         }
         self.totals.overlaps += overlaps;
         self.totals.overlap_seeds += u64::from(overlaps > 0);
+        // The resource's record, replayed: accepted tokens never go down per lock, each was
+        // granted to its writer, and every refused write was below one accepted before it.
+        let mut highest = vec![0u64; self.locks];
+        let mut wrong = Vec::new();
+        for &(lock, token, writer, accepted) in &self.resource.log {
+            if accepted {
+                if token < highest[lock] || self.holder_of.get(&token) != Some(&writer) {
+                    wrong.push(format!(
+                        "the resource's record shows token {token} from contender {writer} \
+                         accepted after token {} (granted to {:?})",
+                        highest[lock],
+                        self.holder_of.get(&token)
+                    ));
+                }
+                highest[lock] = highest[lock].max(token);
+            } else if token >= highest[lock] {
+                wrong.push(format!(
+                    "the resource's record shows token {token} refused, none above it accepted"
+                ));
+            }
+        }
+        for text in wrong.into_iter().take(5) {
+            self.violations.push(text);
+        }
         self.check_server_stats();
         if self.violations.is_empty() {
             return Ok(());
