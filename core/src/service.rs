@@ -145,10 +145,11 @@ impl<A: Copy, const PENDING: usize, const OUTBOX: usize> Replies<A, PENDING, OUT
         }
     }
 
-    /// The next answer to send: settled ones first, then immediate ones.
+    /// The next answer to send: settled ones first, in the order they were queued, then
+    /// immediate ones.
     pub fn pop(&mut self) -> Option<Reply<A>> {
         if let Some(slot) = self.pending.iter().position(|(_, ready)| *ready) {
-            return Some(self.pending.swap_remove(slot).0);
+            return Some(self.pending.remove(slot).0);
         }
         self.outbox.pop_front()
     }
@@ -427,9 +428,8 @@ mod tests {
         replies.after_commit(to, 4, 40, true);
         assert!(replies.is_full());
         replies.settle(None);
-        let mut settled = [replies.pop().unwrap(), replies.pop().unwrap()];
-        settled.sort_by_key(|reply| reply.request);
-        assert_eq!(settled.map(|reply| reply.answer), [10, 40]);
+        let settled = [replies.pop().unwrap(), replies.pop().unwrap()];
+        assert_eq!(settled.map(|reply| reply.answer), [10, 40], "in order");
         // A failed commit replaces what its answers said.
         replies.after_commit(to, 5, 50, true);
         replies.settle(Some(0));

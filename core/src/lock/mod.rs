@@ -11,8 +11,9 @@
 //!
 //! - Fencing tokens grow strictly with every grant (of any lock, hence of each lock), across
 //!   every restart: a token is handed out only after its GRANT record is durable, replay resumes
-//!   above the largest token in the log (GRANT records and checkpoints), and an unanswered grant
-//!   lost in a crash only skips its token.
+//!   above the largest token in the log (GRANT records and checkpoints). An unanswered grant
+//!   cut by a crash either reached the log (its token is skipped, or its holder asking again
+//!   gets it back) or did not (the next grant reuses the token nobody was told).
 //! - A lock is granted to another client only after `ttl · (1 + ε)` has passed since the last
 //!   grant or renewal (by the server's clock), `ε` being the configured drift bound: a holder
 //!   whose clock runs up to `ε` slower than the server's, counting its lease from when it sent
