@@ -7,7 +7,7 @@
 //! Layers, bottom up:
 //!
 //! - [`storage`] — the NOR-flash-shaped storage contract and its power-loss rules;
-//! - [`checksum`] — CRC-32C,
+//! - [`checksum`] — CRC-32C, and [`varint`] — canonical LEB128 integers;
 //! - [`frame`] — the CRC-checked frame format (see SPEC.md);
 //! - [`log`] — a segmented append-only log with crash recovery and space reclamation;
 //! - [`counter`] — the durable counter built on the log;
@@ -22,7 +22,8 @@
 //! - [`jobs`] — the job scheduler: jobs and their transitions in a log, leases with fencing
 //!   tokens, retries with backoff, a dead-letter state;
 //! - [`lock`] — the distributed lock: named leases with fencing tokens, renewal and expiry on
-//!   monotonic time, a drift bound and a lock-delay after restarts;
+//!   monotonic time, a drift bound and a lock-delay after restarts, and quorum locks over a
+//!   majority of lock servers;
 //! - [`membership`] — SWIM failure detection with Lifeguard, dissemination, and push-pull
 //!   gossip of per-node versioned application state within the MTU;
 //! - [`queue`] — reliable message delivery: named queues, idempotent producers, delivery
@@ -54,4 +55,5 @@ pub mod storage;
 #[cfg(test)]
 mod testing;
 pub mod time;
+pub mod varint;
 pub mod wire;

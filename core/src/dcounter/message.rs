@@ -117,12 +117,7 @@ pub fn digest(entries: impl Iterator<Item = (NodeId, u64)>) -> u64 {
 
 /// The encoded size of one push entry.
 pub fn entry_len(node: NodeId, count: u64) -> usize {
-    varint_len(u64::from(node.0)) + varint_len(count)
-}
-
-fn varint_len(value: u64) -> usize {
-    let bits = 64 - (value | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
+    crate::varint::len(u64::from(node.0)) + crate::varint::len(count)
 }
 
 /// Bytes that are not a valid message: dropped and counted.

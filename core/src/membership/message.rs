@@ -413,13 +413,7 @@ pub fn put_entry(
 
 /// The encoded size of an entry.
 pub fn entry_len(version: u64, value_len: usize) -> usize {
-    1 + varint_len(version) + varint_len(value_len as u64) + value_len
-}
-
-/// The length of `value` as a postcard varint.
-pub fn varint_len(value: u64) -> usize {
-    let bits = 64 - (value | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
+    1 + crate::varint::len(version) + crate::varint::len(value_len as u64) + value_len
 }
 
 /// Writes `head` in front of a body that was written at [`HEAD_LEN_MAX`], moving the body down

@@ -259,11 +259,11 @@ pub(super) fn check_record(bytes: &[u8], data_max: usize) -> Option<Checked<'_>>
 /// holds the same bytes for an entry).
 fn record_len(record: &Record<'_>) -> usize {
     let request = record.request.map_or(1, |(client, id)| {
-        1 + varint_len(u64::from(client.0)) + varint_len(id)
+        1 + crate::varint::len(u64::from(client.0)) + crate::varint::len(id)
     });
-    let bytes = |len: usize| varint_len(len as u64) + len;
-    varint_len(u64::from(record.origin.0))
-        + varint_len(record.counter)
+    let bytes = |len: usize| crate::varint::len(len as u64) + len;
+    crate::varint::len(u64::from(record.origin.0))
+        + crate::varint::len(record.counter)
         + request
         + bytes(record.context.len())
         + bytes(record.data.len())
@@ -291,7 +291,7 @@ pub(super) fn check_pairs(bytes: &[u8], low: NodeId, high: NodeId) -> Option<(us
         let used = rest.len() - tail.len();
         rest = tail;
         let ordered = previous.is_none_or(|previous| previous < node);
-        let canonical = used == varint_len(u64::from(node.0)) + varint_len(value);
+        let canonical = used == crate::varint::len(u64::from(node.0)) + crate::varint::len(value);
         if !ordered || !canonical || node < low || node > high || value == 0 {
             return None;
         }
@@ -309,15 +309,9 @@ pub(super) fn pairs_get(bytes: &[u8], node: NodeId) -> u64 {
         .map_or(0, |(_, value)| value)
 }
 
-/// Bytes of the postcard varint of `value`.
-pub(super) const fn varint_len(value: u64) -> usize {
-    let bits = 64 - (value | 1).leading_zeros() as usize;
-    bits.div_ceil(7)
-}
-
 /// Bytes of one encoded pair.
 pub(super) fn pair_len(node: NodeId, value: u64) -> usize {
-    varint_len(u64::from(node.0)) + varint_len(value)
+    crate::varint::len(u64::from(node.0)) + crate::varint::len(value)
 }
 
 /// Writes postcard values one after another into a buffer.
