@@ -39,6 +39,7 @@ extern crate std;
 pub mod checksum;
 pub mod counter;
 pub mod crdt;
+pub mod db;
 pub mod dcounter;
 pub mod driver;
 pub mod frame;
