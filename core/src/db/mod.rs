@@ -4,3 +4,4 @@
 //! [`Storage`]: crate::storage::Storage
 
 pub mod block;
+pub mod bloom;
