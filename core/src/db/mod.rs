@@ -1,7 +1,20 @@
-//! The embedded database (Q10, issue 7): a log-structured merge tree over [`Storage`]. Work in
-//! progress: so far only the sorted block that SSTables are made of ([`block`]).
+//! The embedded database (Q10, issue 7): a log-structured merge tree over [`Storage`].
+//!
+//! Work in progress. Built so far, each with its format in its module docs and tests:
+//!
+//! - [`block`] — sorted blocks of entries (key, sequence number, put or delete, value) with
+//!   prefix-compressed keys, restart points for bisection and a CRC;
+//! - [`bloom`] — bloom filters over a table's keys, from a stable 64-bit key hash;
+//! - [`table`] — SSTables: data blocks, a filter, an index block and a footer, written once in
+//!   one pass into a byte range of a storage; point lookups at a sequence number; every part
+//!   checked by its own CRC, damage reported with its position.
+//!
+//! Still to come: the memtable in a lent buffer, write batches in the storage log (the WAL,
+//! which also carries the manifest's edits and checkpoints), flushes, leveled compaction,
+//! snapshots, scans and the `bedrock db` commands.
 //!
 //! [`Storage`]: crate::storage::Storage
 
 pub mod block;
 pub mod bloom;
+pub mod table;
