@@ -5,11 +5,12 @@
 //! - [`block`] — sorted blocks of entries (key, sequence number, put or delete, value) with
 //!   prefix-compressed keys, restart points for bisection and a CRC;
 //! - [`bloom`] — bloom filters over a table's keys, from a stable 64-bit key hash;
+//! - [`memtable`] — the newest writes, sorted, in a skiplist in a lent buffer;
 //! - [`table`] — SSTables: data blocks, a filter, an index block and a footer, written once in
 //!   one pass into a byte range of a storage; point lookups at a sequence number; every part
 //!   checked by its own CRC, damage reported with its position.
 //!
-//! Still to come: the memtable in a lent buffer, write batches in the storage log (the WAL,
+//! Still to come: write batches in the storage log (the WAL,
 //! which also carries the manifest's edits and checkpoints), flushes, leveled compaction,
 //! snapshots, scans and the `bedrock db` commands.
 //!
@@ -17,4 +18,5 @@
 
 pub mod block;
 pub mod bloom;
+pub mod memtable;
 pub mod table;
