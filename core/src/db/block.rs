@@ -238,6 +238,13 @@ impl<'a> Block<'a> {
         if crc32c(&bytes[..body_len]) != stored {
             return Err(Corrupt);
         }
+        Self::new_trusted(bytes)
+    }
+
+    /// As [`Block::new_checked`] without the CRC: for bytes checked when they were read, and
+    /// looked at again. Entries are still checked as they are decoded.
+    pub fn new_trusted(bytes: &'a [u8]) -> Result<Self, Corrupt> {
+        let body_len = bytes.len().checked_sub(4).ok_or(Corrupt)?;
         let count_at = body_len.checked_sub(4).ok_or(Corrupt)?;
         let count = read_u32(bytes, count_at).ok_or(Corrupt)? as usize;
         let restarts_len = count.checked_mul(4).ok_or(Corrupt)?;
@@ -318,6 +325,34 @@ impl<'a> Block<'a> {
     }
 }
 
+/// Where a cursor stands, apart from the block's bytes: to keep a scan's place while the
+/// buffer is borrowed elsewhere ([`Cursor::position`], [`Block::resume`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    at: usize,
+    key: Vec<u8, KEY_LEN_MAX>,
+    sequence: Option<u64>,
+}
+
+impl Position {
+    /// The key of the entry the cursor read last (empty before the first).
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+}
+
+impl<'a> Block<'a> {
+    /// A cursor where `position` (taken from a cursor over the same bytes) stood.
+    pub fn resume(&self, position: Position) -> Cursor<'a> {
+        Cursor {
+            block: *self,
+            at: position.at,
+            key: position.key,
+            sequence: position.sequence,
+        }
+    }
+}
+
 /// A position in a block; [`Cursor::next`] decodes entries in order.
 #[derive(Debug, Clone)]
 pub struct Cursor<'a> {
@@ -330,6 +365,15 @@ pub struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// Where this cursor stands (see [`Block::resume`]).
+    pub fn position(&self) -> Position {
+        Position {
+            at: self.at,
+            key: self.key.clone(),
+            sequence: self.sequence,
+        }
+    }
+
     /// The next entry, `None` after the last; a damaged entry is [`Corrupt`].
     #[allow(clippy::should_implement_trait)]
     pub fn next(&mut self) -> Result<Option<Entry<'_>>, Corrupt> {

@@ -19,7 +19,7 @@
 
 use heapless::Vec;
 
-use super::block::{AddError, Block, BlockBuilder, Entry, Kind, KEY_LEN_MAX};
+use super::block::{AddError, Block, BlockBuilder, Entry, Kind, Position, KEY_LEN_MAX};
 use super::bloom;
 use crate::checksum::crc32c;
 use crate::storage::Storage;
@@ -518,6 +518,146 @@ impl Table {
     }
 }
 
+/// A table's entries in order, from a start; see [`Table::scan`].
+#[derive(Debug)]
+pub struct TableScan<'b> {
+    table: Table,
+    index: &'b mut [u8],
+    index_len: usize,
+    index_position: Position,
+    data: &'b mut [u8],
+    /// The loaded data block's length (0: none loaded) and storage offset.
+    data_len: usize,
+    data_at: u64,
+    data_position: Position,
+    /// Where the scan starts within the first data block it loads.
+    from: Option<(Vec<u8, KEY_LEN_MAX>, u64)>,
+    done: bool,
+}
+
+impl Table {
+    /// A scan of the table's entries in order, from the first not before `from` (a key and a
+    /// sequence number; `None`: from the first entry). The buffers stay with the scan.
+    pub fn scan<'b, S: Storage>(
+        &self,
+        storage: &mut S,
+        buffers: ReaderBuffers<'b>,
+        from: Option<(&[u8], u64)>,
+    ) -> Result<TableScan<'b>, TableError<S::Error>> {
+        let (index_offset, index_len) = self.footer.index;
+        let index_at = self.start + index_offset;
+        let corrupt = || TableError::Corrupt {
+            offset: index_at,
+            what: "index",
+        };
+        let bytes = read_part(storage, index_at, index_len as usize, buffers.index)?;
+        let index = Block::new_checked(bytes).map_err(|_| corrupt())?;
+        let cursor = match from {
+            Some((key, sequence)) => index.seek(key, sequence).map_err(|_| corrupt())?,
+            None => index.cursor(),
+        };
+        let index_position = cursor.position();
+        let data_position = index.cursor().position();
+        let from = match from {
+            Some((key, sequence)) => Some((Vec::from_slice(key).map_err(|_| corrupt())?, sequence)),
+            None => None,
+        };
+        Ok(TableScan {
+            table: *self,
+            index: buffers.index,
+            index_len: index_len as usize,
+            index_position,
+            data: buffers.data,
+            data_len: 0,
+            data_at: 0,
+            data_position,
+            from,
+            done: false,
+        })
+    }
+}
+
+impl TableScan<'_> {
+    /// The next entry, `None` after the last. A damaged part ends the scan with its error.
+    #[allow(clippy::should_implement_trait)]
+    pub fn next<S: Storage>(
+        &mut self,
+        storage: &mut S,
+    ) -> Result<Option<Entry<'_>>, TableError<S::Error>> {
+        // Bounded: every turn loads the next data block or returns.
+        while !self.done {
+            if self.data_len > 0 {
+                let corrupt = |offset| TableError::Corrupt {
+                    offset,
+                    what: "data block",
+                };
+                let block = Block::new_trusted(&self.data[..self.data_len])
+                    .map_err(|_| corrupt(self.data_at))?;
+                let mut cursor = block.resume(self.data_position.clone());
+                let found = cursor.next().map_err(|_| corrupt(self.data_at))?;
+                let Some(entry) = found else {
+                    self.data_len = 0;
+                    continue;
+                };
+                let (sequence, kind) = (entry.sequence, entry.kind);
+                let value_at = entry.value.as_ptr() as usize - self.data.as_ptr() as usize;
+                let value_end = value_at + entry.value.len();
+                self.data_position = cursor.position();
+                return Ok(Some(Entry {
+                    key: self.data_position.key(),
+                    sequence,
+                    kind,
+                    value: &self.data[value_at..value_end],
+                }));
+            }
+            self.load_next_block(storage)?;
+        }
+        Ok(None)
+    }
+
+    /// Loads the data block the index names next (at the scan's start, seeking `from`).
+    fn load_next_block<S: Storage>(&mut self, storage: &mut S) -> Result<(), TableError<S::Error>> {
+        let index_at = self.table.start + self.table.footer.index.0;
+        let corrupt_index = || TableError::Corrupt {
+            offset: index_at,
+            what: "index",
+        };
+        let index =
+            Block::new_trusted(&self.index[..self.index_len]).map_err(|_| corrupt_index())?;
+        let mut cursor = index.resume(self.index_position.clone());
+        let handle = match cursor.next().map_err(|_| corrupt_index())? {
+            Some(entry) => decode_handle(entry.value).ok_or_else(corrupt_index)?,
+            None => {
+                self.done = true;
+                return Ok(());
+            }
+        };
+        self.index_position = cursor.position();
+        let (offset, len) = handle;
+        if offset
+            .checked_add(len)
+            .is_none_or(|end| end > self.table.footer.index.0)
+        {
+            return Err(corrupt_index());
+        }
+        let data_at = self.table.start + offset;
+        let corrupt = || TableError::Corrupt {
+            offset: data_at,
+            what: "data block",
+        };
+        let bytes = read_part(storage, data_at, len as usize, self.data)?;
+        let block = Block::new_checked(bytes).map_err(|_| corrupt())?;
+        let cursor = match self.from.take() {
+            Some((key, sequence)) => block.seek(&key, sequence).map_err(|_| corrupt())?,
+            None => block.cursor(),
+        };
+        self.data_position = cursor.position();
+        self.data_len = len as usize;
+        self.data_at = data_at;
+        Ok(())
+    }
+}
+
 fn bytes_buffer(bytes: &mut [u8; FOOTER_LEN]) -> &mut [u8] {
     bytes
 }
@@ -539,6 +679,7 @@ fn read_part<'b, S: Storage>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::block::order;
     use crate::storage::RamStorage;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
@@ -708,6 +849,43 @@ mod tests {
         );
     }
 
+    /// Every version in the model in table order, from the first not before `from`.
+    fn flattened(model: &Model, from: Option<(&[u8], u64)>) -> HeapVec<(HeapVec<u8>, Version)> {
+        model
+            .iter()
+            .flat_map(|(key, versions)| {
+                versions
+                    .iter()
+                    .map(move |version| (key.clone(), version.clone()))
+            })
+            .filter(|(key, (sequence, _))| {
+                from.is_none_or(|(from, at)| {
+                    order(key, *sequence, from, at) != core::cmp::Ordering::Less
+                })
+            })
+            .collect()
+    }
+
+    fn scanned(
+        storage: &mut Ram,
+        table: &Table,
+        from: Option<(&[u8], u64)>,
+    ) -> HeapVec<(HeapVec<u8>, Version)> {
+        let mut index = std::vec![0u8; 1 << 16];
+        let mut data = std::vec![0u8; 1 << 16];
+        let buffers = ReaderBuffers {
+            index: &mut index,
+            data: &mut data,
+        };
+        let mut scan = table.scan(storage, buffers, from).unwrap();
+        let mut out = HeapVec::new();
+        while let Some(entry) = scan.next(storage).unwrap() {
+            let value = (entry.kind == Kind::Put).then(|| entry.value.to_vec());
+            out.push((entry.key.to_vec(), (entry.sequence, value)));
+        }
+        out
+    }
+
     proptest! {
         #[test]
         fn small_tables_round_trip(keys in 1usize..200, seed: u64, block in 200usize..1024) {
@@ -715,6 +893,11 @@ mod tests {
             let mut storage = Ram::new(8, 4096, 0xFF).unwrap();
             let info = write(&mut storage, &model, block);
             let table = Table::open(&mut storage, 0, info.len).unwrap();
+            prop_assert_eq!(scanned(&mut storage, &table, None), flattened(&model, None));
+            let keys: HeapVec<&HeapVec<u8>> = model.keys().collect();
+            let from_key = keys[seed as usize % keys.len()].clone();
+            let from = Some((&from_key[..], seed % 400));
+            prop_assert_eq!(scanned(&mut storage, &table, from), flattened(&model, from));
             for (key, versions) in &model {
                 let newest = versions[0].0;
                 prop_assert_eq!(
