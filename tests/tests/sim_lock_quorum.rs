@@ -58,6 +58,8 @@
 //!    (each: a retry delay, then an attempt); the fail-overs are reported in units of the
 //!    dead holder's ttl.
 //!
+//! `TRACE=1` prints every client event (with `SEED=n`).
+//!
 //! **Negative control** (not counted): the servers' clocks at `1 + 3ε`, each contender's at
 //! `1 ± 3ε`, outside the bound: invariant 1 must fail in some seed (the test asserts at least
 //! one overlap). Tokens and the fence are still asserted there.
@@ -689,8 +691,8 @@ impl Sim {
         }
     }
 
-    /// A random delay before trying again (none when eager is false? no: always some, to
-    /// break ties between contenders).
+    /// A random delay before trying again (in the calm phase too: it breaks ties between
+    /// contenders that split the servers).
     fn jitter(&mut self) -> Duration {
         Duration::from_micros(self.rng.below(us(self.jitter_max) + 1))
     }
