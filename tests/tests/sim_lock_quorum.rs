@@ -16,7 +16,12 @@
 //!   0.3 ms;
 //! - **counters that diverge**: in one seed of three, one server's token counter starts far
 //!   ahead (a lock granted and released under a floor of 50 to 5000 before the run); crashes,
-//!   partitions and attempts that reach some servers only make them diverge further;
+//!   partitions and attempts that reach some servers only make them diverge further. The
+//!   totals count the server grants that step 2's floor lifted above the server's own counter
+//!   (each one a server whose lower counter a "max of step 1 without step 2" client would have
+//!   left behind, for a later holder's step 1 to read) and the acquisitions where a server held
+//!   the holder's grant under a token above `T` (its counter ahead); a naive client is not run
+//!   side by side, so how many token decreases it would have caused is not measured;
 //! - **contenders** call [`QuorumLock::acquire`]; on [`Event::Failed`] they try again at
 //!   `retry_at` plus a random delay (up to `ttl_max / 4`); while they hold the lock they write
 //!   to the resource every sixth of their lease, each write checked against
@@ -134,6 +139,8 @@ struct Server {
     /// Token → party, as this server was seen to send them (or recovered them).
     known: BTreeMap<u64, usize>,
     max_token: u64,
+    /// The highest token this server's own counter reached, as far as seen.
+    counter: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -216,6 +223,7 @@ struct Totals {
     clock_resets: u64,
     contender_crashes: u64,
     server_grants: u64,
+    floor_lifted: u64,
     writes_sent: u64,
     writes_accepted: u64,
     stale_writes_refused: u64,
@@ -262,6 +270,7 @@ impl Add for Totals {
         self.clock_resets += o.clock_resets;
         self.contender_crashes += o.contender_crashes;
         self.server_grants += o.server_grants;
+        self.floor_lifted += o.floor_lifted;
         self.writes_sent += o.writes_sent;
         self.writes_accepted += o.writes_accepted;
         self.stale_writes_refused += o.stale_writes_refused;
@@ -384,6 +393,7 @@ impl Sim {
                     bump: (bumped && index == bumped_server).then(|| rng.between(50, 5_000)),
                     known: BTreeMap::new(),
                     max_token: 0,
+                    counter: 0,
                 }
             })
             .collect();
@@ -561,6 +571,7 @@ impl Sim {
                 }
             }
         }
+        server.counter = server.counter.max(lock_server.next_token() - 1);
         let wire = Wire::encrypted(CLUSTER, NodeId(1 + index as u32), server.incarnation, key());
         server.running = Some((
             Observed {
@@ -630,6 +641,9 @@ impl Sim {
                         server.known.insert(token, party);
                         new_tokens.push(token);
                         self.totals.server_grants += 1;
+                        // Above the server's own next token: a floor (step 2's `T`) lifted it.
+                        self.totals.floor_lifted += u64::from(token > server.counter + 1);
+                        server.counter = server.counter.max(token);
                     }
                 },
                 Answer::Refused(reason) => {
@@ -881,7 +895,8 @@ impl Sim {
             }
         }
         self.last_acquired = Some((index, token));
-        // Did the servers' counters disagree? Tokens of this holder's grants other than `T`.
+        // Did the servers' counters disagree? A server holding this holder's grant under a
+        // token above `T` (one whose counter was ahead of the majority's).
         let node = contender_node(index);
         let divergent = self.servers.iter().any(|server| {
             server.running.as_ref().is_some_and(|(services, _)| {
@@ -1402,9 +1417,10 @@ fn quorum_locks_never_overlap_tokens_only_grow_and_a_dead_holder_fails_over() {
         t.seeds, t.five_server_seeds, t.contenders, t.bumped_seeds, t.tight_seeds
     );
     println!(
-        "sim_lock_quorum: attempts {}, acquisitions {} ({} with the servers' counters diverged, \
-         {} the same holder getting its token back), failed attempts {}, losses {}, releases \
-         {}, beliefs {}; client requests {} ({} retries); new server grants {}",
+        "sim_lock_quorum: attempts {}, acquisitions {} ({} with a server's counter ahead of the \
+         token, {} the same holder getting its token back), failed attempts {}, losses {}, releases \
+         {}, beliefs {}; client requests {} ({} retries); new server grants {} ({} \
+         lifted by step 2's floor above the server's own counter)",
         t.attempts,
         t.acquisitions,
         t.divergent_acquisitions,
@@ -1415,7 +1431,8 @@ fn quorum_locks_never_overlap_tokens_only_grow_and_a_dead_holder_fails_over() {
         t.beliefs,
         t.requests_sent,
         t.request_retries,
-        t.server_grants
+        t.server_grants,
+        t.floor_lifted
     );
     println!(
         "sim_lock_quorum: pauses {} ({} past the ttl, {} writes held across one), partitions {} \
@@ -1485,6 +1502,7 @@ fn quorum_locks_never_overlap_tokens_only_grow_and_a_dead_holder_fails_over() {
     if t.seeds >= 100 {
         assert!(t.stale_writes_refused > 0, "no stale write was ever tried");
         assert!(t.divergent_acquisitions > 0, "the counters never diverged");
+        assert!(t.floor_lifted > 0, "step 2 never lifted a server's token");
         assert!(!t.failovers.is_empty(), "no fail-over was measured");
     }
     if control.seeds >= 20 {
