@@ -80,15 +80,14 @@ use std::time::Duration;
 use bedrock::crdt::NodeId;
 use bedrock::driver::Driver;
 use bedrock::lock::{self, guarded, holder_deadline, Message, Refusal};
-use bedrock::log;
 use bedrock::service::kind;
 use bedrock::storage::Geometry;
 use bedrock::time::Instant;
 use bedrock::wire::{self, Wire};
 use bedrock_sim::{NetFaults, SimFaults, SimNetwork, SimRng};
 use lock_common::{
-    after, key, margins, min_opt, quantile, seal_write, seeds, sweep, us, Add, Answer, Clock,
-    LockService, Observed, Resource, Sent, Shared, CLUSTER, CONTROL_BASE, RESOURCE,
+    after, key, margins, min_opt, open_server, quantile, recover_grants, seal_write, seeds, sweep,
+    us, Add, Answer, Clock, Observed, Resource, Sent, Shared, CLUSTER, CONTROL_BASE, RESOURCE,
 };
 
 const SEEDS: u64 = 1000;
@@ -495,24 +494,18 @@ impl Sim {
         }
         let local = self.server.clock.local(now);
         self.server.incarnation += 1;
-        let opened = LockService::open(
-            self.server.storage.clone(),
-            vec![0; 4096],
-            self.server.config,
-            local,
-        );
+        let opened = open_server(&self.server.storage, self.server.config, local);
         let server = match opened {
-            Ok((server, _)) => server,
-            Err(log::OpenError::Storage(_)) => {
-                // A sync failed during recovery: power-cycle and try again.
+            Ok(Some(server)) => server,
+            Ok(None) => {
+                // A sync failed during recovery: power-cycled, try again.
                 self.totals.recovery_retries += 1;
-                self.server.storage.crash();
                 self.server.down_until = Some(after(now, 1_000));
                 return Ok(());
             }
             Err(error) => {
                 return Err(format!(
-                    "seed {}: the lock server failed to recover: {error:?}",
+                    "seed {}: the lock server failed to recover: {error}",
                     self.seed
                 ))
             }
@@ -527,23 +520,10 @@ impl Sim {
         // Grants recovered from the log were made before the crash, maybe never answered:
         // they join the ledger as granted (to the holder the log names), outside the order
         // check, which the next token above covers.
-        let recovered: Vec<(u64, usize)> = server
-            .locks()
-            .iter()
-            .map(|lock| (lock.token, Self::party_of_node(lock.holder)))
-            .collect();
-        for (token, party) in recovered {
-            match self.holder_of.get(&token) {
-                Some(&holder) if holder != party => self.violation(format!(
-                    "token {token} was granted to party {holder}, but the log recovered it as \
-                     party {party}'s"
-                )),
-                Some(_) => {}
-                None => {
-                    self.holder_of.insert(token, party);
-                    self.totals.recovered_unanswered += 1;
-                }
-            }
+        let (new, wrong) = recover_grants(&server, &mut self.holder_of, Self::party_of_node);
+        self.totals.recovered_unanswered += new;
+        for text in wrong {
+            self.violation(text);
         }
         let wire = Wire::encrypted(CLUSTER, NodeId(1), self.server.incarnation, key());
         self.server.running = Some((

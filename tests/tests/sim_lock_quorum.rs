@@ -79,15 +79,15 @@ use bedrock::crdt::NodeId;
 use bedrock::driver::Driver;
 use bedrock::lock::quorum::{Event, QuorumConfig, QuorumLock};
 use bedrock::lock::{self, guarded};
-use bedrock::log;
 use bedrock::service::Service;
 use bedrock::storage::Geometry;
 use bedrock::time::Instant;
 use bedrock::wire::Wire;
 use bedrock_sim::{NetFaults, SimFaults, SimNetwork, SimRng};
 use lock_common::{
-    after, key, margins, min_f64, min_opt, quantile, seal_write, seeds, sweep, us, Add, Answer,
-    Clock, LockService, Observed, Resource, Sent, Shared, CLUSTER, CONTROL_BASE, RESOURCE,
+    after, key, margins, min_f64, min_opt, open_server, quantile, recover_grants, seal_write,
+    seeds, sweep, us, Add, Answer, Clock, Observed, Resource, Sent, Shared, CLUSTER, CONTROL_BASE,
+    RESOURCE,
 };
 
 const SEEDS: u64 = 1000;
@@ -511,19 +511,18 @@ impl Sim {
         }
         let local = server.clock.local(now);
         server.incarnation += 1;
-        let opened = LockService::open(server.storage.clone(), vec![0; 4096], server.config, local);
+        let opened = open_server(&server.storage, server.config, local);
         let mut lock_server = match opened {
-            Ok((lock_server, _)) => lock_server,
-            Err(log::OpenError::Storage(_)) => {
-                // A sync failed during recovery: power-cycle and try again.
+            Ok(Some(lock_server)) => lock_server,
+            Ok(None) => {
+                // A sync failed during recovery: power-cycled, try again.
                 self.totals.recovery_retries += 1;
-                server.storage.crash();
                 server.down_until = Some(after(now, 1_000));
                 return Ok(());
             }
             Err(error) => {
                 return Err(format!(
-                    "seed {}: lock server {index} failed to recover: {error:?}",
+                    "seed {}: lock server {index} failed to recover: {error}",
                     self.seed
                 ))
             }
@@ -557,20 +556,12 @@ impl Sim {
             ));
         }
         // Grants recovered from the log were made before the crash, maybe never answered.
-        for recovered in lock_server.locks() {
-            let party = party_of_node(recovered.holder);
-            match server.known.get(&recovered.token) {
-                Some(&holder) if holder != party => wrong.push(format!(
-                    "server {index}: token {} was granted to party {holder}, but the log \
-                     recovered it as party {party}'s",
-                    recovered.token
-                )),
-                Some(_) => {}
-                None => {
-                    server.known.insert(recovered.token, party);
-                }
-            }
-        }
+        let (_, recovered_wrong) = recover_grants(&lock_server, &mut server.known, party_of_node);
+        wrong.extend(
+            recovered_wrong
+                .into_iter()
+                .map(|text| format!("server {index}: {text}")),
+        );
         server.counter = server.counter.max(lock_server.next_token() - 1);
         let wire = Wire::encrypted(CLUSTER, NodeId(1 + index as u32), server.incarnation, key());
         server.running = Some((

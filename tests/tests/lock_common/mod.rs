@@ -12,7 +12,9 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
+use bedrock::crdt::NodeId;
 use bedrock::lock::{self, Fence, LockServer, Message, Refusal};
+use bedrock::log;
 use bedrock::rng::Rng;
 use bedrock::service::{kind, CommitFailed, Peer, Service, Services, Transmit};
 use bedrock::storage::{Geometry, Storage};
@@ -236,6 +238,50 @@ impl Services for Observed {
     }
 }
 
+/// Opens a lock server on `storage` at `local` (its clock). `Ok(None)` when a sync failed
+/// during recovery: the storage was power-cycled, try again later. `Err` when recovery failed.
+pub fn open_server(
+    storage: &Shared,
+    config: lock::Config,
+    local: Instant,
+) -> Result<Option<LockService>, String> {
+    match LockService::open(storage.clone(), vec![0; 4096], config, local) {
+        Ok((server, _)) => Ok(Some(server)),
+        Err(log::OpenError::Storage(_)) => {
+            storage.crash();
+            Ok(None)
+        }
+        Err(error) => Err(format!("{error:?}")),
+    }
+}
+
+/// Grants a server recovered from its log (made before the crash, maybe never answered) join
+/// `known` (token → party) under the holder the log names. Returns how many were not known,
+/// and a complaint for each known as another party's.
+pub fn recover_grants(
+    server: &LockService,
+    known: &mut BTreeMap<u64, usize>,
+    party_of_node: impl Fn(NodeId) -> usize,
+) -> (u64, Vec<String>) {
+    let mut new = 0;
+    let mut wrong = Vec::new();
+    for lock in server.locks() {
+        let (token, party) = (lock.token, party_of_node(lock.holder));
+        match known.get(&token) {
+            Some(&holder) if holder != party => wrong.push(format!(
+                "token {token} was granted to party {holder}, but the log recovered it as party \
+                 {party}'s"
+            )),
+            Some(_) => {}
+            None => {
+                known.insert(token, party);
+                new += 1;
+            }
+        }
+    }
+    (new, wrong)
+}
+
 // ----- the fenced resource -----
 
 /// Seals a write of `token` by `writer` on lock `lock` (its `seq`-th) into `buffer`.
@@ -272,7 +318,7 @@ pub struct Resource {
 impl Resource {
     pub fn new(locks: usize) -> Self {
         Self {
-            wire: Wire::encrypted(CLUSTER, bedrock::crdt::NodeId(3), 1, key()),
+            wire: Wire::encrypted(CLUSTER, NodeId(3), 1, key()),
             fences: vec![Fence::new(); locks],
             highest: vec![0; locks],
             log: Vec::new(),
