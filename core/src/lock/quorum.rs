@@ -104,7 +104,9 @@ pub enum Event {
         /// When to try again, at the earliest.
         retry_at: Instant,
     },
-    /// Fewer than a majority of the leases are left: stop using the resource now.
+    /// Fewer than a majority of the leases are left: stop using the resource now. The grants
+    /// left are released quietly (no event when done); an [`acquire`](QuorumLock::acquire)
+    /// meanwhile starts once that release is done.
     Lost,
     /// The release is done (every server answered, or the attempt's time ran out).
     Released,
