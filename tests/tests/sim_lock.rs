@@ -71,48 +71,40 @@
 //! believers in some seeds (the test asserts at least one), which proves invariant 1 can fail.
 //! Tokens and the fence are still asserted there.
 
-use std::cell::RefCell;
+mod lock_common;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::time::Duration;
 
 use bedrock::crdt::NodeId;
 use bedrock::driver::Driver;
-use bedrock::lock::{self, guarded, holder_deadline, Fence, LockServer, Message, Refusal};
-use bedrock::log;
-use bedrock::rng::Rng;
-use bedrock::service::{kind, CommitFailed, Peer, Service, Services, Transmit};
-use bedrock::storage::{Geometry, Storage};
+use bedrock::lock::{self, guarded, holder_deadline, Message, Refusal};
+use bedrock::service::kind;
+use bedrock::storage::Geometry;
 use bedrock::time::Instant;
-use bedrock::wire::{self, Key, Keyring, Wire};
-use bedrock_sim::{NetFaults, SimFaults, SimNetwork, SimRng, SimStorage, TornSpec};
+use bedrock::wire::{self, Wire};
+use bedrock_sim::{NetFaults, SimFaults, SimNetwork, SimRng};
+use lock_common::{
+    after, key, margins, min_opt, open_server, quantile, recover_grants, seal_write, seeds, sweep,
+    us, Add, Answer, Clock, Observed, Resource, Sent, Shared, CLUSTER, CONTROL_BASE, RESOURCE,
+};
 
 const SEEDS: u64 = 1000;
 const CONTROL_SEEDS: u64 = 40;
-/// Control seeds start here, apart from the main ones.
-const CONTROL_BASE: u64 = 1 << 32;
-const CLUSTER: u32 = 0x0006_10C4;
 /// Chaos lasts this many `ttl_max`.
 const CHAOS_TTLS: u64 = 40;
 const LOCK_NAMES: [&str; 2] = ["alpha", "beta"];
 const NOISE_NAME: &[u8] = b"noise";
-/// The write envelope kind (not a service's).
-const WRITE_KIND: u8 = 0xF0;
 const TURNS_MAX: u64 = 2_000_000;
 /// The noise node's party number in the ledger.
 const NOISE_PARTY: usize = 99;
 
-type LockService = LockServer<Shared, Vec<u8>, 16, 8>;
 type ClientWire = Wire<1, 4>;
 
 const SERVER: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::new(10, 0, 0, 1),
     7000,
-));
-const RESOURCE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
-    std::net::Ipv4Addr::new(10, 0, 3, 1),
-    8000,
 ));
 const NOISE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
     std::net::Ipv4Addr::new(10, 0, 2, 1),
@@ -121,173 +113,6 @@ const NOISE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
 
 fn contender_addr(index: usize) -> SocketAddr {
     SocketAddr::from(([10, 0, 1, index as u8 + 1], 9000))
-}
-
-fn key() -> Keyring<1> {
-    Keyring::new(Key::new(1, [0x6C; 32]))
-}
-
-fn us(duration: Duration) -> u64 {
-    duration.as_micros() as u64
-}
-
-fn after(at: Instant, micros: u64) -> Instant {
-    Instant::from_micros(at.as_micros().saturating_add(micros))
-}
-
-/// A simulated storage the harness keeps a handle on while the server owns it.
-#[derive(Clone)]
-struct Shared(Rc<RefCell<SimStorage>>);
-
-impl Shared {
-    fn arm_power_cut(&self, rng: &mut SimRng, within: u64) {
-        let mut storage = self.0.borrow_mut();
-        let at = storage.ops_done() + 1 + rng.below(within);
-        storage.set_power_cut_at(at, TornSpec::Random);
-    }
-
-    fn crash(&self) {
-        let mut storage = self.0.borrow_mut();
-        storage.clear_power_cut();
-        storage.crash();
-    }
-
-    fn failed(&self) -> bool {
-        let storage = self.0.borrow();
-        storage.is_power_cut() || storage.is_poisoned()
-    }
-
-    fn poisoned(&self) -> bool {
-        self.0.borrow().is_poisoned()
-    }
-
-    fn set_faults(&self, faults: SimFaults) {
-        let mut storage = self.0.borrow_mut();
-        storage.set_faults(faults);
-        storage.clear_power_cut();
-    }
-}
-
-impl Storage for Shared {
-    type Error = <SimStorage as Storage>::Error;
-
-    fn geometry(&self) -> Geometry {
-        self.0.borrow().geometry()
-    }
-
-    fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<(), Self::Error> {
-        self.0.borrow_mut().read(offset, buf)
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Self::Error> {
-        self.0.borrow_mut().write(offset, data)
-    }
-
-    fn erase(&mut self, offset: u64, len: u64) -> Result<(), Self::Error> {
-        self.0.borrow_mut().erase(offset, len)
-    }
-
-    fn sync(&mut self) -> Result<(), Self::Error> {
-        self.0.borrow_mut().sync()
-    }
-}
-
-/// A monotonic clock: `offset + t · (1 + ppm / 10⁶)` for true time `t`, in microseconds.
-#[derive(Debug, Clone, Copy)]
-struct Clock {
-    offset: u64,
-    ppm: i64,
-}
-
-impl Clock {
-    fn at(&self, t: i128) -> i128 {
-        i128::from(self.offset) + t + (t * i128::from(self.ppm)).div_euclid(1_000_000)
-    }
-
-    /// This clock's reading at true time `t`.
-    fn local(&self, t: Instant) -> Instant {
-        Instant::from_micros(self.at(i128::from(t.as_micros())) as u64)
-    }
-
-    /// The earliest true time at which this clock reads `local` or more.
-    fn true_of(&self, local: Instant) -> Instant {
-        let target = i128::from(local.as_micros());
-        if target <= i128::from(self.offset) {
-            return Instant::ZERO;
-        }
-        let mut t =
-            (target - i128::from(self.offset)) * 1_000_000 / (1_000_000 + i128::from(self.ppm));
-        while self.at(t) < target {
-            t += 1;
-        }
-        while t > 0 && self.at(t - 1) >= target {
-            t -= 1;
-        }
-        Instant::from_micros(t as u64)
-    }
-}
-
-/// What the server was seen to send (decoded from its own transmits).
-#[derive(Debug, Clone, Copy)]
-enum Answer {
-    Granted { token: u64 },
-    Renewed,
-    Released,
-    Refused(Refusal),
-}
-
-struct Sent {
-    to: SocketAddr,
-    /// The server's clock when it sent this.
-    at: Instant,
-    answer: Answer,
-}
-
-/// The lock server, with every answer it sends recorded for the ledger.
-struct Observed {
-    server: LockService,
-    sent: Vec<Sent>,
-}
-
-impl Services for Observed {
-    fn handle_message(&mut self, now: Instant, kind: u8, from: Peer, payload: &[u8]) -> bool {
-        if kind != kind::LOCK {
-            return false;
-        }
-        Service::handle_message(&mut self.server, now, from, payload);
-        true
-    }
-
-    fn handle_timeout<R: Rng>(&mut self, now: Instant, rng: &mut R) {
-        Service::handle_timeout(&mut self.server, now, rng);
-    }
-
-    fn poll_transmit(&mut self, now: Instant, buffer: &mut [u8]) -> Option<(u8, Transmit)> {
-        let transmit = Service::poll_transmit(&mut self.server, now, buffer)?;
-        let answer = match lock::decode(&buffer[..transmit.len]) {
-            Ok(Message::Granted { token, .. }) => Some(Answer::Granted { token }),
-            Ok(Message::Renewed { .. }) => Some(Answer::Renewed),
-            Ok(Message::Released { .. }) => Some(Answer::Released),
-            Ok(Message::Refused { reason, .. }) => Some(Answer::Refused(reason)),
-            _ => None,
-        };
-        if let Some(answer) = answer {
-            self.sent.push(Sent {
-                to: transmit.to,
-                at: now,
-                answer,
-            });
-        }
-        Some((kind::LOCK, transmit))
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        Service::poll_timeout(&self.server)
-    }
-
-    fn commit(&mut self) -> Result<(), CommitFailed> {
-        Service::commit(&mut self.server).map_err(|_| CommitFailed { kind: kind::LOCK })
-    }
 }
 
 struct Server {
@@ -368,15 +193,6 @@ impl Contender {
     }
 }
 
-/// The fenced resource: one fence (and one ledger entry) per lock name.
-struct Resource {
-    wire: Wire<1, 16>,
-    fences: Vec<Fence>,
-    highest: Vec<u64>,
-    /// Every write in arrival order: lock, token, writer, accepted.
-    log: Vec<(usize, u64, usize, bool)>,
-}
-
 struct Failover {
     lock: usize,
     dead: usize,
@@ -427,7 +243,7 @@ struct Totals {
     refusals: BTreeMap<String, u64>,
 }
 
-impl Totals {
+impl Add for Totals {
     fn add(&mut self, other: Totals) {
         self.seeds += other.seeds;
         self.grants += other.grants;
@@ -470,13 +286,6 @@ impl Totals {
         for (reason, count) in other.refusals {
             *self.refusals.entry(reason).or_default() += count;
         }
-    }
-}
-
-fn min_opt(a: Option<i64>, b: Option<i64>) -> Option<i64> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
     }
 }
 
@@ -595,9 +404,7 @@ impl Sim {
             capacity: if seed % 5 == 1 { 4 } else { 8 } * 4096,
             erased_value: 0xFF,
         };
-        let storage = Shared(Rc::new(RefCell::new(
-            SimStorage::new(geometry, seed ^ 0x5703).expect("geometry"),
-        )));
+        let storage = Shared::new(geometry, seed ^ 0x5703);
         storage.set_faults(SimFaults {
             sync_error_rate: 0.002,
             ..SimFaults::default()
@@ -635,12 +442,7 @@ impl Sim {
             server,
             contenders,
             locks,
-            resource: Resource {
-                wire: Wire::encrypted(CLUSTER, NodeId(3), 1, key()),
-                fences: vec![Fence::new(); locks],
-                highest: vec![0; locks],
-                log: Vec::new(),
-            },
+            resource: Resource::new(locks),
             noise_wire: Wire::encrypted(CLUSTER, NodeId(99), 1, key()),
             noise_request: 1,
             holder_of: BTreeMap::new(),
@@ -692,24 +494,18 @@ impl Sim {
         }
         let local = self.server.clock.local(now);
         self.server.incarnation += 1;
-        let opened = LockService::open(
-            self.server.storage.clone(),
-            vec![0; 4096],
-            self.server.config,
-            local,
-        );
+        let opened = open_server(&self.server.storage, self.server.config, local);
         let server = match opened {
-            Ok((server, _)) => server,
-            Err(log::OpenError::Storage(_)) => {
-                // A sync failed during recovery: power-cycle and try again.
+            Ok(Some(server)) => server,
+            Ok(None) => {
+                // A sync failed during recovery: power-cycled, try again.
                 self.totals.recovery_retries += 1;
-                self.server.storage.crash();
                 self.server.down_until = Some(after(now, 1_000));
                 return Ok(());
             }
             Err(error) => {
                 return Err(format!(
-                    "seed {}: the lock server failed to recover: {error:?}",
+                    "seed {}: the lock server failed to recover: {error}",
                     self.seed
                 ))
             }
@@ -724,23 +520,10 @@ impl Sim {
         // Grants recovered from the log were made before the crash, maybe never answered:
         // they join the ledger as granted (to the holder the log names), outside the order
         // check, which the next token above covers.
-        let recovered: Vec<(u64, usize)> = server
-            .locks()
-            .iter()
-            .map(|lock| (lock.token, Self::party_of_node(lock.holder)))
-            .collect();
-        for (token, party) in recovered {
-            match self.holder_of.get(&token) {
-                Some(&holder) if holder != party => self.violation(format!(
-                    "token {token} was granted to party {holder}, but the log recovered it as \
-                     party {party}'s"
-                )),
-                Some(_) => {}
-                None => {
-                    self.holder_of.insert(token, party);
-                    self.totals.recovered_unanswered += 1;
-                }
-            }
+        let (new, wrong) = recover_grants(&server, &mut self.holder_of, Self::party_of_node);
+        self.totals.recovered_unanswered += new;
+        for text in wrong {
+            self.violation(text);
         }
         let wire = Wire::encrypted(CLUSTER, NodeId(1), self.server.incarnation, key());
         self.server.running = Some((
@@ -958,53 +741,11 @@ impl Sim {
     // ----- the resource -----
 
     fn step_resource(&mut self) {
-        let mut buffer = [0u8; 1500];
-        while let Ok(Some(received)) = self.network.recv(RESOURCE, &mut buffer) {
-            let Ok(opened) = self.resource.wire.open(&mut buffer[..received.len]) else {
-                continue;
-            };
-            let payload = opened.payload;
-            let lock = payload.get(12..16).map_or(usize::MAX, |b| {
-                u32::from_le_bytes(b.try_into().expect("4")) as usize
-            });
-            if opened.kind != WRITE_KIND || payload.len() != 24 || lock >= self.locks {
-                self.violation("the resource got a write it cannot read".into());
-                continue;
-            }
-            let token = u64::from_le_bytes(payload[..8].try_into().expect("8 bytes"));
-            let writer = u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")) as usize;
-            let stale = token < self.resource.highest[lock];
-            match self.resource.fences[lock].admit(token) {
-                Ok(()) => {
-                    if stale {
-                        let highest = self.resource.highest[lock];
-                        self.violation(format!(
-                            "the fence accepted token {token} from contender {writer} after \
-                             token {highest}: a stale write"
-                        ));
-                    }
-                    if self.holder_of.get(&token) != Some(&writer) {
-                        let holder = self.holder_of.get(&token).copied();
-                        self.violation(format!(
-                            "the resource accepted token {token} from contender {writer}, but \
-                             it was granted to {holder:?}"
-                        ));
-                    }
-                    self.resource.highest[lock] = self.resource.highest[lock].max(token);
-                    self.totals.writes_accepted += 1;
-                    self.resource.log.push((lock, token, writer, true));
-                }
-                Err(_) => {
-                    if !stale {
-                        self.violation(format!(
-                            "the fence refused token {token}, the highest accepted being {}",
-                            self.resource.highest[lock]
-                        ));
-                    }
-                    self.totals.stale_writes_refused += 1;
-                    self.resource.log.push((lock, token, writer, false));
-                }
-            }
+        let writes = self.resource.receive(&mut self.network, &self.holder_of);
+        self.totals.writes_accepted += writes.accepted;
+        self.totals.stale_writes_refused += writes.refused;
+        for text in writes.violations {
+            self.violation(text);
         }
     }
 
@@ -1025,15 +766,8 @@ impl Sim {
         let contender = &mut self.contenders[index];
         contender.write_seq += 1;
         let mut buffer = [0u8; 256];
-        let payload = &mut buffer[wire::HEADER_LEN..wire::HEADER_LEN + 24];
-        payload[..8].copy_from_slice(&token.to_le_bytes());
-        payload[8..12].copy_from_slice(&(index as u32).to_le_bytes());
-        payload[12..16].copy_from_slice(&(contender.lock as u32).to_le_bytes());
-        payload[16..].copy_from_slice(&contender.write_seq.to_le_bytes());
-        let sealed = contender
-            .wire
-            .seal(WRITE_KIND, &mut buffer, 24)
-            .expect("seal");
+        let write = (token, index, contender.lock, contender.write_seq);
+        let sealed = seal_write(&mut contender.wire, &mut buffer, write);
         let _ = self
             .network
             .send(contender.addr, RESOURCE, &buffer[..sealed]);
@@ -1660,17 +1394,8 @@ impl Sim {
         }
         let mut overlaps = 0u64;
         for lock in 0..self.locks {
-            let mut beliefs = self.beliefs[lock].clone();
-            beliefs.sort_by_key(|b| b.1);
-            for k in 0..beliefs.len() {
-                let (who, start, _) = beliefs[k];
-                let latest = beliefs[..k]
-                    .iter()
-                    .filter(|b| b.0 != who)
-                    .map(|b| b.2)
-                    .max();
-                let Some(latest) = latest else { continue };
-                let margin = start.as_micros() as i64 - latest.as_micros() as i64;
+            for m in margins(&self.beliefs[lock]) {
+                let (who, start, latest, margin) = (m.who, m.start, m.latest, m.micros);
                 self.totals.closest_margin_us =
                     min_opt(self.totals.closest_margin_us, Some(margin));
                 if self.totals.tight_seeds > 0 {
@@ -1699,28 +1424,8 @@ impl Sim {
         self.totals.overlap_seeds += u64::from(overlaps > 0);
         // The resource's record, replayed: accepted tokens never go down per lock, each was
         // granted to its writer, and every refused write was below one accepted before it.
-        let mut highest = vec![0u64; self.locks];
-        let mut wrong = Vec::new();
-        for &(lock, token, writer, accepted) in &self.resource.log {
-            if accepted {
-                if token < highest[lock] || self.holder_of.get(&token) != Some(&writer) {
-                    wrong.push(format!(
-                        "the resource's record shows token {token} from contender {writer} \
-                         accepted after token {} (granted to {:?})",
-                        highest[lock],
-                        self.holder_of.get(&token)
-                    ));
-                }
-                highest[lock] = highest[lock].max(token);
-            } else if token >= highest[lock] {
-                wrong.push(format!(
-                    "the resource's record shows token {token} refused, none above it accepted"
-                ));
-            }
-        }
-        for text in wrong.into_iter().take(5) {
-            self.violations.push(text);
-        }
+        let wrong = self.resource.replay(&self.holder_of);
+        self.violations.extend(wrong);
         self.check_server_stats();
         if self.violations.is_empty() {
             return Ok(());
@@ -1796,58 +1501,9 @@ fn run(seed: u64, control: bool) -> Result<Totals, String> {
     Ok(sim.totals)
 }
 
-fn seeds(var: &str, one: &str, default: u64, base: u64) -> Vec<u64> {
-    if let Ok(seed) = std::env::var(one) {
-        return vec![seed.parse().expect("a seed is a number")];
-    }
-    let default = if std::env::var("SEED").is_ok() || std::env::var("CONTROL_SEED").is_ok() {
-        0
-    } else {
-        default
-    };
-    let count = std::env::var(var)
-        .ok()
-        .map_or(default, |count| count.parse().expect("a count is a number"));
-    (base..base + count).collect()
-}
-
-/// Runs `seeds` on two threads; returns the totals and the failures.
-fn sweep(seeds: Vec<u64>, control: bool) -> (Totals, Vec<String>) {
-    let halves: Vec<Vec<u64>> = vec![
-        seeds.iter().copied().step_by(2).collect(),
-        seeds.iter().copied().skip(1).step_by(2).collect(),
-    ];
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = halves
-            .into_iter()
-            .map(|half| {
-                scope.spawn(move || {
-                    let mut totals = Totals::default();
-                    let mut failures = Vec::new();
-                    for seed in half {
-                        match run(seed, control) {
-                            Ok(outcome) => totals.add(outcome),
-                            Err(failure) => failures.push(failure),
-                        }
-                    }
-                    (totals, failures)
-                })
-            })
-            .collect();
-        let mut totals = Totals::default();
-        let mut failures = Vec::new();
-        for handle in handles {
-            let (part, failed) = handle.join().expect("a sweep thread panicked");
-            totals.add(part);
-            failures.extend(failed);
-        }
-        (totals, failures)
-    })
-}
-
 #[test]
 fn lock_leases_never_overlap_fence_stale_writes_and_fail_over_a_dead_holder() {
-    let (t, mut failures) = sweep(seeds("SIM_LOCK_SEEDS", "SEED", SEEDS, 0), false);
+    let (t, mut failures) = sweep(seeds("SIM_LOCK_SEEDS", "SEED", SEEDS, 0), false, run);
     let (control, control_failures) = sweep(
         seeds(
             "SIM_LOCK_CONTROL_SEEDS",
@@ -1856,16 +1512,11 @@ fn lock_leases_never_overlap_fence_stale_writes_and_fail_over_a_dead_holder() {
             CONTROL_BASE,
         ),
         true,
+        run,
     );
     failures.extend(control_failures);
-    let mut failovers = t.failovers.clone();
-    failovers.sort_by(f64::total_cmp);
-    let quantile = |q: f64| {
-        failovers
-            .get(((failovers.len().max(1) - 1) as f64 * q).round() as usize)
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let failovers = &t.failovers;
+    let quantile = |q: f64| quantile(failovers, q);
     println!(
         "sim_lock: {} seeds (ε 0.1–5 %, ttl_max 100 ms–2 s, 3–6 contenders, 1–2 locks, clock \
          rates within 1 ± ε); 2–20 % loss, 5 % duplication, jitter, 1 % bit flips, sync failures",

@@ -104,7 +104,9 @@ pub enum Event {
         /// When to try again, at the earliest.
         retry_at: Instant,
     },
-    /// Fewer than a majority of the leases are left: stop using the resource now.
+    /// Fewer than a majority of the leases are left: stop using the resource now. The grants
+    /// left are released quietly (no event when done); an [`acquire`](QuorumLock::acquire)
+    /// meanwhile starts once that release is done.
     Lost,
     /// The release is done (every server answered, or the attempt's time ran out).
     Released,
@@ -183,6 +185,8 @@ pub struct QuorumLock<const N: usize> {
     next_request: u64,
     events: Deque<Event, 4>,
     stats: QuorumStats,
+    /// `acquire` was called during a release: start once it is done.
+    acquire_after_release: bool,
 }
 
 impl<const N: usize> QuorumLock<N> {
@@ -222,6 +226,7 @@ impl<const N: usize> QuorumLock<N> {
             next_request: request_base,
             events: Deque::new(),
             stats: QuorumStats::default(),
+            acquire_after_release: false,
         })
     }
 
@@ -230,15 +235,20 @@ impl<const N: usize> QuorumLock<N> {
         self.servers.len() / 2 + 1
     }
 
-    /// Starts acquiring the lock; ignored unless idle.
+    /// Starts acquiring the lock: at once when idle, after the release under way otherwise
+    /// (the quiet one after [`Event::Lost`], or one asked for); ignored while acquiring or
+    /// holding.
     pub fn acquire(&mut self, now: Instant) {
-        if self.phase == Phase::Idle {
-            self.start_acquire(now);
+        match self.phase {
+            Phase::Idle => self.start_acquire(now),
+            Phase::Releasing { .. } => self.acquire_after_release = true,
+            Phase::Acquiring { .. } | Phase::Held { .. } => {}
         }
     }
 
     /// Releases the lock (or abandons the attempt): the holder stops believing in it at once.
     pub fn release(&mut self, now: Instant) {
+        self.acquire_after_release = false;
         match self.phase {
             Phase::Held { .. } | Phase::Acquiring { .. } => {
                 self.release_all(now, Some(Event::Released));
@@ -424,6 +434,9 @@ impl<const N: usize> QuorumLock<N> {
                     self.phase = Phase::Idle;
                     if let Some(event) = then {
                         self.push_event(event);
+                    }
+                    if core::mem::take(&mut self.acquire_after_release) {
+                        self.start_acquire(now);
                     }
                 }
             }

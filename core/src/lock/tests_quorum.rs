@@ -339,3 +339,29 @@ fn bad_answers_are_dropped_and_counted() {
     assert_eq!(world.clients[0].poll_event(), None);
     assert!(world.clients[0].held_until(at(1)).is_none());
 }
+
+#[test]
+fn acquire_right_after_lost_starts_once_the_quiet_release_is_done() {
+    // `Lost` comes while the grants left are being released; an `acquire` then used to be
+    // ignored (the client was not idle) with no event ever telling the caller to try again.
+    let mut world = World::new(3, 1);
+    world.clients[0].acquire(at(world.now));
+    world.run(300);
+    assert_eq!(world.acquired(0).len(), 1);
+    // Cut from two servers: the lock is lost; server 0 still answers the release, slowly
+    // enough that the caller asks again while it is under way.
+    world.cut[0][1] = true;
+    world.cut[0][2] = true;
+    while world.last_event(0) != Some(Event::Lost) {
+        world.run(TICK);
+        assert!(world.now < 10_000, "never lost: {:?}", world.events);
+    }
+    world.cut[0][0] = true;
+    world.clients[0].acquire(at(world.now));
+    world.run(50);
+    world.cut[0] = std::vec![false; 3];
+    world.run(3 * TTL.as_millis() as u64);
+    let tokens = world.acquired(0);
+    assert_eq!(tokens.len(), 2, "acquired again: {:?}", world.events);
+    assert!(tokens[1] > tokens[0]);
+}
