@@ -100,10 +100,11 @@ pub struct TableInfo {
     pub sequences: (u64, u64),
 }
 
-/// Writes one table at `start` (storage-absolute, erased) of at most `capacity` bytes.
+/// Writes one table at `start` (storage-absolute, erased) of at most `capacity` bytes. The
+/// storage is passed to each call, so that the entries may come from tables on the same
+/// storage (a compaction).
 #[derive(Debug)]
-pub struct TableWriter<'a, S> {
-    storage: &'a mut S,
+pub struct TableWriter<'a> {
     start: u64,
     capacity: u64,
     write_size: u32,
@@ -120,18 +121,16 @@ pub struct TableWriter<'a, S> {
     sequences: (u64, u64),
 }
 
-impl<'a, S: Storage> TableWriter<'a, S> {
-    /// A writer of a table at `start` (a multiple of the write size, erased) of at most
-    /// `capacity` bytes, with filters of `bits_per_key` bits per key (0: no filter).
+impl<'a> TableWriter<'a> {
+    /// A writer of a table at `start` (a multiple of `write_size`, the storage's, erased) of at
+    /// most `capacity` bytes, with filters of `bits_per_key` bits per key (0: no filter).
     pub fn new(
-        storage: &'a mut S,
         (start, capacity): (u64, u64),
+        write_size: u32,
         buffers: WriterBuffers<'a>,
         bits_per_key: usize,
     ) -> Self {
-        let write_size = storage.geometry().write_size;
         Self {
-            storage,
             start,
             capacity,
             write_size,
@@ -165,7 +164,11 @@ impl<'a, S: Storage> TableWriter<'a, S> {
 
     /// Adds `entry`, which must follow the previous one in [`order`](super::block::order). On `Err` nothing
     /// was added (a storage error leaves the table unfinishable: start it again elsewhere).
-    pub fn add(&mut self, entry: &Entry<'_>) -> Result<(), TableError<S::Error>> {
+    pub fn add<S: Storage>(
+        &mut self,
+        storage: &mut S,
+        entry: &Entry<'_>,
+    ) -> Result<(), TableError<S::Error>> {
         let new_key = self.entries == 0 || entry.key != self.block_last_key();
         if new_key && self.keys_full() {
             return Err(TableError::NoSpace);
@@ -173,7 +176,7 @@ impl<'a, S: Storage> TableWriter<'a, S> {
         match self.block.add(entry) {
             Ok(()) => {}
             Err(AddError::Full) if self.block.entries() > 0 => {
-                self.flush_block()?;
+                self.flush_block(storage)?;
                 self.block.add(entry).map_err(TableError::Entry)?;
             }
             Err(error) => return Err(TableError::Entry(error)),
@@ -199,14 +202,14 @@ impl<'a, S: Storage> TableWriter<'a, S> {
     }
 
     /// Finishes the current data block, writes it and records it in the index.
-    fn flush_block(&mut self) -> Result<(), TableError<S::Error>> {
+    fn flush_block<S: Storage>(&mut self, storage: &mut S) -> Result<(), TableError<S::Error>> {
         let (last_key, last_sequence) = (
             Vec::<u8, KEY_LEN_MAX>::from_slice(self.block.last_key()).unwrap_or_default(),
             self.block.last_sequence(),
         );
         let bytes = self.block.finish();
         let len = bytes.len();
-        let offset = write_padded(self.storage, self.start, self.at, self.capacity, bytes)?;
+        let offset = write_padded(storage, self.start, self.at, self.capacity, bytes)?;
         self.at = offset + round_up(len as u64, self.write_size);
         self.block.reset();
         let mut handle = [0u8; 2 * varint::LEN_MAX];
@@ -225,9 +228,12 @@ impl<'a, S: Storage> TableWriter<'a, S> {
 
     /// Writes the last data block, the filter, the index and the footer. The table is durable
     /// after the storage's next sync; until the manifest names it, it is garbage to recovery.
-    pub fn finish(mut self) -> Result<TableInfo, TableError<S::Error>> {
+    pub fn finish<S: Storage>(
+        mut self,
+        storage: &mut S,
+    ) -> Result<TableInfo, TableError<S::Error>> {
         if self.block.entries() > 0 {
-            self.flush_block()?;
+            self.flush_block(storage)?;
         }
         let largest = Vec::from_slice(self.index.last_key()).unwrap_or_default();
         let filter_buffer = &mut *self.filter;
@@ -244,7 +250,7 @@ impl<'a, S: Storage> TableWriter<'a, S> {
             .ok_or(TableError::NoSpace)?
             .copy_from_slice(&crc.to_le_bytes());
         let filter_offset = write_padded(
-            self.storage,
+            storage,
             self.start,
             self.at,
             self.capacity,
@@ -253,7 +259,7 @@ impl<'a, S: Storage> TableWriter<'a, S> {
         self.at = filter_offset + round_up(total as u64, self.write_size);
         let index = self.index.finish();
         let index_len = index.len();
-        let index_offset = write_padded(self.storage, self.start, self.at, self.capacity, index)?;
+        let index_offset = write_padded(storage, self.start, self.at, self.capacity, index)?;
         self.at = index_offset + round_up(index_len as u64, self.write_size);
         let sequences = if self.entries == 0 {
             (0, 0)
@@ -267,7 +273,7 @@ impl<'a, S: Storage> TableWriter<'a, S> {
             sequences,
         };
         let bytes = footer.emit();
-        let footer_at = write_padded(self.storage, self.start, self.at, self.capacity, &bytes)?;
+        let footer_at = write_padded(storage, self.start, self.at, self.capacity, &bytes)?;
         let len = footer_at + round_up(FOOTER_LEN as u64, self.write_size);
         Ok(TableInfo {
             len,
@@ -725,7 +731,8 @@ mod tests {
             filter: &mut filter,
         };
         let capacity = storage.geometry().capacity;
-        let mut writer = TableWriter::new(storage, (0, capacity), buffers, 10);
+        let write_size = storage.geometry().write_size;
+        let mut writer = TableWriter::new((0, capacity), write_size, buffers, 10);
         for (key, versions) in model {
             for (sequence, value) in versions {
                 let entry = Entry {
@@ -738,10 +745,10 @@ mod tests {
                     },
                     value: value.as_deref().unwrap_or(&[]),
                 };
-                writer.add(&entry).unwrap();
+                writer.add(storage, &entry).unwrap();
             }
         }
-        writer.finish().unwrap()
+        writer.finish(storage).unwrap()
     }
 
     /// What the model says a get of `key` at `sequence` finds.
