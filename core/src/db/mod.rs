@@ -6,9 +6,10 @@
 //!   prefix-compressed keys, restart points for bisection and a CRC;
 //! - [`bloom`] — bloom filters over a table's keys, from a stable 64-bit key hash;
 //! - [`memtable`] — the newest writes, sorted, in a skiplist in a lent buffer;
+//! - [`merge`] — merging the memtable and table scans into one sorted stream;
 //! - [`table`] — SSTables: data blocks, a filter, an index block and a footer, written once in
 //!   one pass into a byte range of a storage; point lookups at a sequence number; every part
-//!   checked by its own CRC, damage reported with its position.
+//!   checked by its own CRC, damage reported with its position; scans from a position.
 //!
 //! Still to come: write batches in the storage log (the WAL,
 //! which also carries the manifest's edits and checkpoints), flushes, leveled compaction,
@@ -19,4 +20,5 @@
 pub mod block;
 pub mod bloom;
 pub mod memtable;
+pub mod merge;
 pub mod table;

@@ -539,6 +539,8 @@ pub struct TableScan<'b> {
     /// Where the scan starts within the first data block it loads.
     from: Option<(Vec<u8, KEY_LEN_MAX>, u64)>,
     done: bool,
+    /// The entry returned last: sequence number, kind, value range in `data`.
+    current: Option<(u64, Kind, usize, usize)>,
 }
 
 impl Table {
@@ -579,6 +581,7 @@ impl Table {
             data_position,
             from,
             done: false,
+            current: None,
         })
     }
 }
@@ -609,16 +612,24 @@ impl TableScan<'_> {
                 let value_at = entry.value.as_ptr() as usize - self.data.as_ptr() as usize;
                 let value_end = value_at + entry.value.len();
                 self.data_position = cursor.position();
-                return Ok(Some(Entry {
-                    key: self.data_position.key(),
-                    sequence,
-                    kind,
-                    value: &self.data[value_at..value_end],
-                }));
+                self.current = Some((sequence, kind, value_at, value_end));
+                return Ok(self.current());
             }
             self.load_next_block(storage)?;
         }
+        self.current = None;
         Ok(None)
+    }
+
+    /// The entry [`TableScan::next`] returned last, while the scan has not ended.
+    pub fn current(&self) -> Option<Entry<'_>> {
+        let (sequence, kind, value_at, value_end) = self.current?;
+        Some(Entry {
+            key: self.data_position.key(),
+            sequence,
+            kind,
+            value: &self.data[value_at..value_end],
+        })
     }
 
     /// Loads the data block the index names next (at the scan's start, seeking `from`).
