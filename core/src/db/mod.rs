@@ -2,6 +2,7 @@
 //!
 //! Work in progress. Built so far, each with its format in its module docs and tests:
 //!
+//! - [`batch`] — write batches, all or nothing, as one record of the write-ahead log;
 //! - [`block`] — sorted blocks of entries (key, sequence number, put or delete, value) with
 //!   prefix-compressed keys, restart points for bisection and a CRC;
 //! - [`bloom`] — bloom filters over a table's keys, from a stable 64-bit key hash;
@@ -11,12 +12,13 @@
 //!   one pass into a byte range of a storage; point lookups at a sequence number; every part
 //!   checked by its own CRC, damage reported with its position; scans from a position.
 //!
-//! Still to come: write batches in the storage log (the WAL,
+//! Still to come: the engine itself over the storage log (the WAL,
 //! which also carries the manifest's edits and checkpoints), flushes, leveled compaction,
 //! snapshots, scans and the `bedrock db` commands.
 //!
 //! [`Storage`]: crate::storage::Storage
 
+pub mod batch;
 pub mod block;
 pub mod bloom;
 pub mod memtable;
