@@ -8,6 +8,7 @@
 //! - [`bloom`] — bloom filters over a table's keys, from a stable 64-bit key hash;
 //! - [`memtable`] — the newest writes, sorted, in a skiplist in a lent buffer;
 //! - [`merge`] — merging the memtable and table scans into one sorted stream;
+//! - [`space`] — runs of erase blocks for tables, first fit, rebuilt from the manifest;
 //! - [`table`] — SSTables: data blocks, a filter, an index block and a footer, written once in
 //!   one pass into a byte range of a storage; point lookups at a sequence number; every part
 //!   checked by its own CRC, damage reported with its position; scans from a position.
@@ -23,4 +24,5 @@ pub mod block;
 pub mod bloom;
 pub mod memtable;
 pub mod merge;
+pub mod space;
 pub mod table;
