@@ -126,6 +126,20 @@ pub struct QuorumStats {
     pub lost: u64,
 }
 
+/// How the servers stood when an attempt failed; see [`QuorumLock::last_failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Tally {
+    /// Servers whose grant counted for the attempt's step (1 or 2) when it failed.
+    pub granted: usize,
+    /// Servers that refused (the lock held elsewhere, busy, full, invalid, unavailable).
+    pub refused: usize,
+    /// Servers that had not answered when the attempt failed (down, unreachable, slow).
+    pub silent: usize,
+    /// The step the attempt failed in: 1 (Acquire) or 2 (AcquireAtLeast).
+    pub step: u8,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Request {
     Acquire,
@@ -183,6 +197,7 @@ pub struct QuorumLock<const N: usize> {
     next_request: u64,
     events: Deque<Event, 4>,
     stats: QuorumStats,
+    last_failure: Tally,
 }
 
 impl<const N: usize> QuorumLock<N> {
@@ -222,6 +237,7 @@ impl<const N: usize> QuorumLock<N> {
             next_request: request_base,
             events: Deque::new(),
             stats: QuorumStats::default(),
+            last_failure: Tally::default(),
         })
     }
 
@@ -272,6 +288,12 @@ impl<const N: usize> QuorumLock<N> {
     /// What the client did.
     pub fn stats(&self) -> QuorumStats {
         self.stats
+    }
+
+    /// How the servers stood when the last attempt failed (all zero before any failure): to
+    /// tell the user why an [`Event::Failed`] came.
+    pub fn last_failure(&self) -> Tally {
+        self.last_failure
     }
 
     /// The `majority`-th latest deadline among the leases, if after `now`.
@@ -399,6 +421,17 @@ impl<const N: usize> QuorumLock<N> {
                         .max()
                         .unwrap_or(now)
                         .max(now);
+                    let silent = self
+                        .servers
+                        .iter()
+                        .filter(|server| server.outstanding.is_some())
+                        .count();
+                    self.last_failure = Tally {
+                        granted,
+                        refused,
+                        silent,
+                        step,
+                    };
                     self.stats.failed += 1;
                     self.release_all(now, Some(Event::Failed { retry_at }));
                 }

@@ -113,9 +113,9 @@ use crate::output;
 /// `run`'s exit status when it lost the lease and killed its command (EX_TEMPFAIL).
 pub const LEASE_LOST: u8 = 75;
 /// How often `run` compares the clock with its deadline and looks at its command.
-const TICK: Duration = Duration::from_millis(20);
+pub(crate) const TICK: Duration = Duration::from_millis(20);
 /// The wait before retrying a busy or full node.
-const RETRY_SOON: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_SOON: Duration = Duration::from_millis(50);
 /// How long an interrupted command may take to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(1);
 /// The longest wait for one answer.
@@ -139,7 +139,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis(ttl)))
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -256,7 +256,7 @@ fn request(client: &mut Client, message: &Message<'_>) -> Result<Answered, Error
 }
 
 /// What a refusal means, in words.
-fn refusal_sentence(reason: Refusal) -> &'static str {
+pub(crate) fn refusal_sentence(reason: Refusal) -> &'static str {
     match reason {
         Refusal::Held => "the lock is held",
         Refusal::Invalid => {
@@ -279,7 +279,7 @@ fn unexpected(reply: &Reply) -> Error {
 }
 
 /// Sleeps `duration` in ticks, unless a signal arrives meanwhile.
-fn sleep_unless(signal: &AtomicUsize, duration: Duration) {
+pub(crate) fn sleep_unless(signal: &AtomicUsize, duration: Duration) {
     let until = Instant::now() + duration;
     while signal.load(Ordering::Relaxed) == 0 {
         let left = until.saturating_duration_since(Instant::now());
@@ -565,8 +565,8 @@ pub fn release(
     }
 }
 
-/// `bedrock lock status`: one line, see the [module docs](self).
-pub fn status(node: SocketAddr, access: &Access, name: &str) -> Result<ExitCode, Error> {
+/// Lock `name`'s state on `node`, as `status` prints it.
+fn status_line(node: SocketAddr, access: &Access, name: &str) -> Result<String, Error> {
     let mut client = client_for(node, access)?;
     let message = Message::Status {
         request: request_id()?,
@@ -578,24 +578,58 @@ pub fn status(node: SocketAddr, access: &Access, name: &str) -> Result<ExitCode,
             token,
             lease_ms,
             free_ms,
-        } => output::line(format_args!(
+        } => Ok(format!(
             "held holder {holder} token {token} lease_ms {lease_ms} free_ms {free_ms}"
-        ))?,
+        )),
         Reply::State {
             holder: None,
             token,
             free_ms,
             ..
-        } => output::line(format_args!("free token {token} free_ms {free_ms}"))?,
-        Reply::Refused { reason, .. } => {
-            return Err(fail(format!(
-                "status refused: {}",
-                refusal_sentence(reason)
-            )))
-        }
-        reply => return Err(unexpected(&reply)),
+        } => Ok(format!("free token {token} free_ms {free_ms}")),
+        Reply::Refused { reason, .. } => Err(fail(format!(
+            "status refused: {}",
+            refusal_sentence(reason)
+        ))),
+        reply => Err(unexpected(&reply)),
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// `bedrock lock status`: one line, see the [module docs](self); with several nodes, one line
+/// per node (asked at once), prefixed by its address, and an `error: ADDR: …` line on stderr
+/// for each node that did not answer (exit status 1 then, after the other lines).
+pub fn status(nodes: &[SocketAddr], access: &Access, name: &str) -> Result<ExitCode, Error> {
+    if let [node] = nodes {
+        output::line(status_line(*node, access, name)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lines: Vec<Result<String, Error>> = thread::scope(|scope| {
+        let asks: Vec<_> = nodes
+            .iter()
+            .map(|&node| scope.spawn(move || status_line(node, access, name)))
+            .collect();
+        asks.into_iter()
+            .map(|ask| {
+                ask.join()
+                    .unwrap_or_else(|_| Err(fail("the status request panicked")))
+            })
+            .collect()
+    });
+    let mut failed = false;
+    for (node, line) in nodes.iter().zip(lines) {
+        match line {
+            Ok(line) => output::line(format_args!("{node} {line}"))?,
+            Err(error) => {
+                failed = true;
+                eprintln!("error: {node}: {error}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// What `bedrock lock run` does.
@@ -681,7 +715,7 @@ fn exit_code(status: ExitStatus) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn signal_code(signal: usize) -> ExitCode {
+pub(crate) fn signal_code(signal: usize) -> ExitCode {
     ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
 }
 
@@ -714,17 +748,130 @@ fn lost(child: &mut Child, name: &str, why: &str) -> ExitCode {
     ExitCode::from(LEASE_LOST)
 }
 
-/// `bedrock lock run`: see the [module docs](self).
-pub fn run(node: SocketAddr, access: &Access, options: &RunOptions<'_>) -> Result<ExitCode, Error> {
-    let name = options.name;
-    let mut client = client_for(node, access)?;
+/// A lease `run` holds: on one node ([`SingleLease`]) or on a majority of several
+/// ([`crate::lock_quorum::QuorumLease`]). `run`'s loop calls [`Lease::lost`] first at every
+/// tick, then looks at the command and the signals, then [`Lease::work`].
+pub(crate) trait Lease {
+    /// The fencing token the command gets.
+    fn token(&self) -> u64;
+    /// Why the lease is lost, if it is by the clock now (or by an answer seen).
+    fn lost(&mut self) -> Option<String>;
+    /// When the lease must be taken as lost, by this machine's monotonic clock.
+    fn deadline(&self) -> Instant;
+    /// Does what is due (renewals, answers), waiting at most `max` for work. An error is not a
+    /// lost lease but a failure of the runner itself (the command is killed).
+    fn work(&mut self, max: Duration) -> Result<(), Error>;
+    /// Releases the lock at the end; failures only warn (the lease ends by itself).
+    fn release(&mut self);
+}
+
+/// A lease on one node.
+struct SingleLease<'a> {
+    client: Client,
+    name: &'a str,
+    ttl: Duration,
+    drift_ppm: u32,
+    held: Held,
+    interval: Duration,
+    next_renewal: Instant,
+    /// Why the node said the lease is lost.
+    refused: Option<String>,
+}
+
+impl Lease for SingleLease<'_> {
+    fn token(&self) -> u64 {
+        self.held.token
+    }
+
+    fn lost(&mut self) -> Option<String> {
+        if let Some(why) = &self.refused {
+            return Some(why.clone());
+        }
+        (Instant::now() >= self.held.deadline).then(|| {
+            "its deadline passed without a successful renewal (a pause, a partition, or the \
+             node did not answer)"
+                .to_string()
+        })
+    }
+
+    fn deadline(&self) -> Instant {
+        self.held.deadline
+    }
+
+    fn work(&mut self, max: Duration) -> Result<(), Error> {
+        let now = Instant::now();
+        if now < self.next_renewal {
+            let left = self
+                .next_renewal
+                .min(self.held.deadline)
+                .saturating_duration_since(now);
+            thread::sleep(left.min(max));
+            return Ok(());
+        }
+        // Wait for the answer no longer than the lease is known to last.
+        let left = self.held.deadline.saturating_duration_since(now);
+        self.client.timeout = left;
+        self.client.retry_interval = (left / 4).clamp(TICK, Duration::from_millis(300));
+        let (name, token) = (self.name, self.held.token);
+        match renew_request(&mut self.client, name, token, self.ttl)? {
+            Ok(Answered {
+                reply: Reply::Renewed { lease_ms },
+                first_sent,
+                ..
+            }) => {
+                let renewed = deadline(first_sent, lease_ms, self.drift_ppm);
+                self.held.deadline = self.held.deadline.max(renewed);
+                self.next_renewal = Instant::now() + self.interval;
+            }
+            Ok(Answered {
+                reply:
+                    Reply::Refused {
+                        reason: Refusal::Busy | Refusal::Full | Refusal::Unavailable,
+                        ..
+                    },
+                ..
+            }) => self.next_renewal = Instant::now() + RETRY_SOON,
+            Ok(Answered {
+                reply: Reply::Refused { reason, .. },
+                ..
+            }) => {
+                let sentence = if reason == Refusal::StaleToken {
+                    stale_sentence(name, token)
+                } else {
+                    refusal_sentence(reason).to_string()
+                };
+                self.refused = Some(format!("the node refused the renewal: {sentence}"));
+            }
+            Ok(Answered { reply, .. }) => return Err(unexpected(&reply)),
+            // No answer until the deadline (the loop sees it next), or a socket error: try
+            // again soon while the lease lasts.
+            Err(_) => self.next_renewal = Instant::now() + RETRY_SOON,
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        release_quietly(&mut self.client, self.name, self.held.token);
+    }
+}
+
+/// The flag SIGINT and SIGTERM set (to their number) while `run` runs.
+pub(crate) fn signal_flag() -> Result<Arc<AtomicUsize>, Error> {
     let signal = Arc::new(AtomicUsize::new(0));
     for number in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let value = usize::try_from(number).unwrap_or(1);
         signal_hook::flag::register_usize(number, Arc::clone(&signal), value)
             .map_err(|error| fail(format!("cannot handle signals: {error}")))?;
     }
-    let mut held = match acquire_lock(
+    Ok(signal)
+}
+
+/// `bedrock lock run` with one node: see the [module docs](self).
+pub fn run(node: SocketAddr, access: &Access, options: &RunOptions<'_>) -> Result<ExitCode, Error> {
+    let name = options.name;
+    let mut client = client_for(node, access)?;
+    let signal = signal_flag()?;
+    let held = match acquire_lock(
         &mut client,
         name,
         options.ttl,
@@ -735,27 +882,43 @@ pub fn run(node: SocketAddr, access: &Access, options: &RunOptions<'_>) -> Resul
         Acquired::Held(held) => held,
         Acquired::Interrupted(caught) => return Ok(signal_code(caught)),
     };
-    let mut child = match spawn(options, held.token) {
+    let interval = (options.ttl / 3).max(TICK);
+    let lease = SingleLease {
+        client,
+        name,
+        ttl: options.ttl,
+        drift_ppm: options.drift_ppm,
+        held,
+        interval,
+        next_renewal: Instant::now() + interval,
+        refused: None,
+    };
+    hold(lease, options, &signal)
+}
+
+/// Runs the command while `lease` lasts: the loop both modes of `run` share.
+pub(crate) fn hold(
+    mut lease: impl Lease,
+    options: &RunOptions<'_>,
+    signal: &AtomicUsize,
+) -> Result<ExitCode, Error> {
+    let name = options.name;
+    let mut child = match spawn(options, lease.token()) {
         Ok(child) => child,
         Err(error) => {
-            release_quietly(&mut client, name, held.token);
+            lease.release();
             return Err(error);
         }
     };
-    let interval = (options.ttl / 3).max(TICK);
-    let mut next_renewal = Instant::now() + interval;
     loop {
         // First, always: a runner resumed after a pause must see its lease lost before it
         // does anything else.
-        let now = Instant::now();
-        if now >= held.deadline {
-            let why = "its deadline passed without a successful renewal (a pause, a partition, \
-                       or the node did not answer)";
-            return Ok(lost(&mut child, name, why));
+        if let Some(why) = lease.lost() {
+            return Ok(lost(&mut child, name, &why));
         }
         match child.try_wait() {
             Ok(Some(status)) => {
-                release_quietly(&mut client, name, held.token);
+                lease.release();
                 return Ok(exit_code(status));
             }
             Ok(None) => {}
@@ -766,66 +929,18 @@ pub fn run(node: SocketAddr, access: &Access, options: &RunOptions<'_>) -> Resul
         }
         let caught = signal.load(Ordering::Relaxed);
         if caught != 0 {
-            stop_group(&mut child, held.deadline);
-            release_quietly(&mut client, name, held.token);
+            stop_group(&mut child, lease.deadline());
+            lease.release();
             eprintln!(
                 "lock {name}: interrupted by signal {caught}: stopped the command and released \
                  the lock"
             );
             return Ok(signal_code(caught));
         }
-        if now >= next_renewal {
-            // Wait for the answer no longer than the lease is known to last.
-            let left = held.deadline.saturating_duration_since(now);
-            client.timeout = left;
-            client.retry_interval = (left / 4).clamp(TICK, Duration::from_millis(300));
-            match renew_request(&mut client, name, held.token, options.ttl)? {
-                Ok(Answered {
-                    reply: Reply::Renewed { lease_ms },
-                    first_sent,
-                    ..
-                }) => {
-                    let renewed = deadline(first_sent, lease_ms, options.drift_ppm);
-                    held.deadline = held.deadline.max(renewed);
-                    next_renewal = Instant::now() + interval;
-                }
-                Ok(Answered {
-                    reply:
-                        Reply::Refused {
-                            reason: Refusal::Busy | Refusal::Full | Refusal::Unavailable,
-                            ..
-                        },
-                    ..
-                }) => next_renewal = Instant::now() + RETRY_SOON,
-                Ok(Answered {
-                    reply: Reply::Refused { reason, .. },
-                    ..
-                }) => {
-                    let why = if reason == Refusal::StaleToken {
-                        format!(
-                            "the node refused the renewal: {}",
-                            stale_sentence(name, held.token)
-                        )
-                    } else {
-                        format!("the node refused the renewal: {}", refusal_sentence(reason))
-                    };
-                    return Ok(lost(&mut child, name, &why));
-                }
-                Ok(Answered { reply, .. }) => {
-                    kill_group(&mut child);
-                    return Err(unexpected(&reply));
-                }
-                // No answer until the deadline (the loop sees it next), or a socket error:
-                // try again soon while the lease lasts.
-                Err(_) => next_renewal = Instant::now() + RETRY_SOON,
-            }
-            continue;
+        if let Err(error) = lease.work(TICK) {
+            kill_group(&mut child);
+            return Err(error);
         }
-        let now = Instant::now();
-        let left = next_renewal
-            .min(held.deadline)
-            .saturating_duration_since(now);
-        thread::sleep(left.min(TICK));
     }
 }
 
