@@ -1,6 +1,6 @@
 //! `bedrock lock acquire|renew|release|status|run --node ADDR`: the client side of a node's lock
 //! server (`bedrock::lock`, SPEC.md section 13): named locks granted as leases with fencing
-//! tokens.
+//! tokens; `run` and `status` also take several `--node`s (a quorum lock: see "Quorum").
 //!
 //! # Output
 //!
@@ -17,12 +17,18 @@
 //!   lock-delay after a node restart), both in milliseconds. A `free` lock with `free_ms` above
 //!   0 has a lease that ended and is not yet grantable.
 //! - `run` prints nothing itself (the command's output is its own); see below.
+//! - `status` with several `--node`s asks them all at once and prints one such line per node,
+//!   in the order given, prefixed by the node's address (`127.0.0.1:7001 free token 3 free_ms
+//!   0`); a node that does not answer is an `error: ADDR: …` line on stderr instead, and exit
+//!   status 1 (after the other lines).
 //!
 //! Exit status: 0 on success, 1 for a refusal or an error (one `error: …` line on stderr), 2
 //! for a command line that could not be parsed. `run` exits with its command's status (128 + N
 //! when it was killed by signal N), [`LEASE_LOST`] = 75 when it lost the lease and killed the
 //! command, 128 + N when it was stopped by SIGINT or SIGTERM (N), and 1 when the lock was not
-//! acquired.
+//! acquired. `acquire`, `renew` or `release` with more than one `--node` is exit status 2 (a
+//! usage error: a quorum grant has one token per node, so only `run` holds quorum locks), as
+//! is `run` or `status` with more than 7 nodes or one given twice.
 //!
 //! # `run`
 //!
@@ -90,7 +96,66 @@
 //! - A terminal: the command runs in its own process group, not the terminal's foreground one,
 //!   so it does not get the terminal's Ctrl-C (the runner does, and stops it), and reading the
 //!   terminal stops it (SIGTTIN). Give it its input another way.
-//! - One node: the locks live on the node given with `--node`; nothing is replicated.
+//! - One node: the locks live on the node given with `--node`; nothing is replicated (see
+//!   "Quorum" below for a lock on several nodes).
+//!
+//! # Quorum
+//!
+//! `bedrock lock run NAME --node A --node B --node C … -- CMD` (2 to 7 different nodes) holds
+//! the lock on a majority of the nodes given ([`bedrock::lock::quorum::QuorumLock`], SPEC.md
+//! section 13.5): each node is an independent `bedrock node` with its own data directory and
+//! its own `--id` (they need not form a membership cluster), all with the key and cluster
+//! label the client uses. Give each node a different `--id`: the client keeps one replay
+//! window per node id, so two nodes sharing an id reject each other's answers. With one
+//! `--node`, `run` is the single-node run above.
+//!
+//! The runner sends `Acquire` to every node; once a majority granted, `T` is the highest of
+//! their tokens, and `AcquireAtLeast T` goes to every node; once a majority granted that, the
+//! command runs with `BEDROCK_LOCK_TOKEN` = `T`. Every third of the ttl each node that granted
+//! gets a renewal (and each that did not an `AcquireAtLeast T`, so a node back from a crash
+//! joins again). Each node's lease ends for the runner at `lease · (1 − ε)` after the first
+//! send of the request it answered; the lock is held while a majority of those have not
+//! ended, and the 20 ms loop checks that first at every tick, as in the single-node run. The
+//! loop itself is the same for both modes; only the lease behind it differs.
+//!
+//! - Lost (fewer than a majority of leases left: renewals refused as stale, or unanswered by
+//!   enough nodes until their leases ended, or a pause): SIGKILL to the command's group, exit
+//!   75 with `error: lease on NAME lost: …`, and the grants left are not waited for.
+//! - Not acquired: an attempt ends when a majority cannot be reached any more (refusals) or
+//!   after 2 s without a majority of answers; what it got is released. Without `--wait` that
+//!   is exit status 1 with one line: `error: lock NAME not acquired on a majority (M of N
+//!   nodes needed): G granted, R refused (held by another client, or busy), S did not answer;
+//!   the lock may be free in D ms (--wait waits for it)` (or `try again when more nodes
+//!   answer` when no node said when). With `--wait` it is tried again after that wait (at
+//!   least 50 ms) plus a random 20 to 100 ms, so that contenders who split the nodes between
+//!   them do not collide again, until granted or `--wait-max`.
+//! - The command exits: the grants are released (the answers awaited at most 1 s; a warning
+//!   if not all came, the leases then end by themselves) and `run` exits with its status.
+//!   SIGINT and SIGTERM as in the single-node run.
+//!
+//! Guaranteed, beyond the single-node guarantees: the lock and its tokens survive a minority
+//! of the nodes crashing, being partitioned away or losing power (SIGKILL, restart: each node
+//! keeps its token counter and its grants across restarts). While `run` believes in the lock,
+//! no other client holds a majority (any two majorities share a node, and that node's lease
+//! ends for the holder, by the drift bound, before the node could grant it again), and a token
+//! `T` is above every token a previous holder of the lock got (the next holder's first-step
+//! majority shares a node whose grant to it is above `T`).
+//!
+//! Not guaranteed:
+//!
+//! - Progress without a majority of nodes reachable, or while contenders keep splitting the
+//!   nodes between them (each attempt then fails and releases; `--wait` retries after a random
+//!   delay, which breaks the tie in practice but with no bound).
+//! - Safety if a node loses its data (a new disk, a deleted data directory): it forgets its
+//!   grants and its tokens, so a majority counting it may overlap another holder's. Bring such
+//!   a node back only after the longest ttl (its `--lock-ttl-max`) has passed with it down,
+//!   and never start a fresh node under an address of the list while the lock may be held.
+//! - Anything across node lists or modes: exclusion and the token order hold between runs
+//!   that give the same nodes. A single-node `run` or `acquire` on one of them holds that node
+//!   only (a quorum of the others may still be granted) and gets that node's own token, not
+//!   `T`. Use one node list per lock name.
+//! - Everything the single-node run does not guarantee (above): the command's effects after
+//!   its leases ended are only stopped by a resource that checks tokens (`bedrock fenced`).
 
 use std::cell::Cell;
 use std::ffi::OsString;

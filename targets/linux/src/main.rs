@@ -202,6 +202,12 @@ enum Command {
     ///   $ bedrock lock run --node 127.0.0.1:7001 --key-file cluster.key backup --ttl 10s \
     ///       --wait -- sh -c 'echo "token $BEDROCK_LOCK_TOKEN"'
     ///   token 2
+    ///
+    /// A quorum lock (`lock run` only), held on a majority of independent nodes, each with its
+    /// own --id and data, so that it survives a minority of them going down:
+    ///
+    ///   $ bedrock lock run --node 127.0.0.1:7001 --node 127.0.0.2:7001 \
+    ///       --node 127.0.0.3:7001 --key-file cluster.key backup -- ./backup.sh
     #[command(
         subcommand,
         verbatim_doc_comment,
@@ -521,7 +527,8 @@ enum LockCommand {
     /// `held holder ID token T lease_ms L free_ms F` while a lease lasts, else `free token T
     /// free_ms F`: ID is the holder's client id, T the latest grant's token (0: none
     /// remembered), L the lease left and F the time until the lock can be granted to another
-    /// client, in milliseconds.
+    /// client, in milliseconds. With several --node addresses, one such line per node,
+    /// prefixed by its address.
     Status {
         #[command(flatten)]
         remote: LockRemoteArgs,
@@ -541,6 +548,10 @@ enum LockCommand {
     /// returned (128 + N for signal N). SIGINT or SIGTERM stop CMD (SIGTERM, SIGKILL after
     /// 1 s), release the lock and exit 128 + the signal. Exit status 1 when the lock was not
     /// acquired.
+    ///
+    /// With 2 to 7 --node addresses (independent nodes, each with its own --id, sharing the
+    /// key): a quorum lock, held while a majority of the nodes' leases last; the token is the
+    /// highest of a majority's grants, and survives a minority of the nodes going down.
     Run {
         #[command(flatten)]
         remote: LockRemoteArgs,
