@@ -134,6 +134,9 @@ pub struct Tally {
     pub granted: usize,
     /// Servers that refused (the lock held elsewhere, busy, full, invalid, unavailable).
     pub refused: usize,
+    /// Of those, the servers that refused the name or the ttl ([`Refusal::Invalid`]: a ttl
+    /// above the server's maximum): trying again does not help.
+    pub invalid: usize,
     /// Servers that had not answered when the attempt failed (down, unreachable, slow).
     pub silent: usize,
     /// The step the attempt failed in: 1 (Acquire) or 2 (AcquireAtLeast).
@@ -165,6 +168,8 @@ struct Server {
     step: u8,
     /// A refusal to acquire, and when the server said the lock may be free.
     refused: Option<Instant>,
+    /// The refusal was [`Refusal::Invalid`].
+    invalid: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +231,7 @@ impl<const N: usize> QuorumLock<N> {
                 deadline: Instant::ZERO,
                 step: 0,
                 refused: None,
+                invalid: false,
             })
             .ok()?;
         }
@@ -426,9 +432,15 @@ impl<const N: usize> QuorumLock<N> {
                         .iter()
                         .filter(|server| server.outstanding.is_some())
                         .count();
+                    let invalid = self
+                        .servers
+                        .iter()
+                        .filter(|server| server.refused.is_some() && server.invalid)
+                        .count();
                     self.last_failure = Tally {
                         granted,
                         refused,
+                        invalid,
                         silent,
                         step,
                     };
@@ -555,8 +567,14 @@ impl<const N: usize> QuorumLock<N> {
                 // Busy or unavailable: send it again after the retry interval.
                 server.outstanding = Some((id, request));
             }
-            (Request::Acquire | Request::AtLeast { .. }, Message::Refused { retry_ms, .. }) => {
+            (
+                Request::Acquire | Request::AtLeast { .. },
+                Message::Refused {
+                    reason, retry_ms, ..
+                },
+            ) => {
                 server.refused = Some(now.saturating_add(Duration::from_millis(retry_ms)));
+                server.invalid = reason == Refusal::Invalid;
             }
             _ => {
                 // Not an answer to this request: keep waiting for one.

@@ -124,9 +124,11 @@
 //! - Not acquired: an attempt ends when a majority cannot be reached any more (refusals) or
 //!   after 2 s without a majority of answers; what it got is released. Without `--wait` that
 //!   is exit status 1 with one line: `error: lock NAME not acquired on a majority (M of N
-//!   nodes needed): G granted, R refused (held by another client, or busy), S did not answer;
+//!   nodes needed): G granted, R refused (held by another client, or busy), S had not answered;
 //!   the lock may be free in D ms (--wait waits for it)` (or `try again when more nodes
-//!   answer` when no node said when). With `--wait` it is tried again after that wait (at
+//!   answer` when no node said when). A node that refused the name or the ttl (a ttl above
+//!   its `--lock-ttl-max`) ends `run` at once, even with `--wait`: `error: acquiring lock NAME
+//!   refused by K of N nodes: …`. With `--wait` it is tried again after that wait (at
 //!   least 50 ms) plus a random 20 to 100 ms, so that contenders who split the nodes between
 //!   them do not collide again, until granted or `--wait-max`.
 //! - The command exits: the grants are released (the answers awaited at most 1 s; a warning

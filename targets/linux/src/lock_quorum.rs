@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use bedrock::crdt::NodeId;
 use bedrock::driver::Driver;
 use bedrock::lock::quorum::{Event, QuorumConfig, QuorumLock, Tally};
+use bedrock::lock::Refusal;
 use bedrock::net::MTU_MAX;
 use bedrock::rng::SplitMix64;
 use bedrock::wire::Wire;
@@ -20,7 +21,8 @@ use bedrock_std::udp::UdpDatagram;
 use crate::cluster::Access;
 use crate::error::{fail, Error};
 use crate::lease_lock::{
-    hold, millis, signal_code, signal_flag, sleep_unless, Lease, RunOptions, RETRY_SOON, TICK,
+    hold, millis, refusal_sentence, signal_code, signal_flag, sleep_unless, Lease, RunOptions,
+    RETRY_SOON, TICK,
 };
 
 /// The most nodes a quorum lock spans.
@@ -137,7 +139,7 @@ fn failed_sentence(
     };
     format!(
         "lock {name} not acquired on a majority ({majority} of {nodes} nodes needed): {} \
-         granted, {} refused (held by another client, or busy), {} did not answer; {when}",
+         granted, {} refused (held by another client, or busy), {} had not answered; {when}",
         tally.granted, tally.refused, tally.silent
     )
 }
@@ -182,6 +184,17 @@ fn acquire(
             }
         };
         let retry = retry_at.saturating_duration_since(quorum.now());
+        let tally = quorum.lock.last_failure();
+        if tally.invalid > 0 {
+            // Waiting does not help: the name or the ttl is refused.
+            return Err(fail(format!(
+                "acquiring lock {} refused by {} of {} nodes: {}",
+                options.name,
+                tally.invalid,
+                quorum.nodes,
+                refusal_sentence(Refusal::Invalid)
+            )));
+        }
         let waited = start.elapsed();
         let given_up = wait.max.is_some_and(|max| waited >= max);
         if !wait.wait || given_up {
@@ -189,7 +202,7 @@ fn acquire(
                 options.name,
                 quorum.nodes,
                 quorum.lock.majority(),
-                quorum.lock.last_failure(),
+                tally,
                 retry,
             );
             return Err(fail(if given_up {

@@ -681,7 +681,7 @@ fn a_quorum_lock_survives_one_of_three_nodes_and_refuses_without_a_majority() {
         line.starts_with("error: lock db not acquired on a majority (2 of 3 nodes needed): "),
         "{line}"
     );
-    assert!(line.contains(" did not answer"), "{line}");
+    assert!(line.contains(" had not answered"), "{line}");
     assert_eq!(nodes[0].id, 1);
     nodes[0].process.stop(libc::SIGTERM);
 }
