@@ -131,8 +131,10 @@
 //!   refused by K of N nodes: …`. With `--wait` it is tried again after that wait (at
 //!   least 50 ms) plus a random 20 to 100 ms, so that contenders who split the nodes between
 //!   them do not collide again, until granted or `--wait-max`.
-//! - The command exits: the grants are released (the answers awaited at most 1 s; a warning
-//!   if not all came, the leases then end by themselves) and `run` exits with its status.
+//! - The command exits: the grants are released (the answers awaited at most 1 s; when a node
+//!   that granted does not answer, a node down since, that is one `warning: releasing lock
+//!   NAME: …` line on stderr, and its grant ends with its lease) and `run` exits with the
+//!   command's status.
 //!   SIGINT and SIGTERM as in the single-node run.
 //!
 //! Guaranteed, beyond the single-node guarantees: the lock and its tokens survive a minority

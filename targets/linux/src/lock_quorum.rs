@@ -293,8 +293,8 @@ impl Lease for QuorumLease<'_> {
     fn release(&mut self) {
         if !release_quorum(&mut self.quorum) {
             eprintln!(
-                "warning: releasing lock {} got no answer from every node within {} ms; the \
-                 lock is free when its leases end",
+                "warning: releasing lock {}: not every node that granted it answered within {} \
+                 ms (down or unreachable); their grants end with their leases",
                 self.name,
                 millis(RELEASE_WAIT)
             );

@@ -2,7 +2,9 @@
 //! lock server driven by `bedrock lock acquire|renew|release|status|run`, and `bedrock fenced`
 //! as the resource the locks protect. The second test freezes a lock holder (its runner and its
 //! command) with SIGSTOP past its lease, lets a second holder take the lock, resumes the first
-//! and shows that the fenced file refuses it.
+//! and shows that the fenced file refuses it. The last test holds a quorum lock on three nodes
+//! (127.0.0.1 to 127.0.0.3, ids 1 to 3, one key): it keeps working with one node killed, under
+//! higher tokens, fences a frozen holder, and refuses without a majority.
 //!
 //! Waits poll for an outcome up to [`DEADLINE`]; no assertion depends on how long anything
 //! took. Child processes are killed when a test ends, however it ends; every file lives in a
