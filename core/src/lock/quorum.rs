@@ -128,6 +128,23 @@ pub struct QuorumStats {
     pub lost: u64,
 }
 
+/// How the servers stood when an attempt failed; see [`QuorumLock::last_failure`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Tally {
+    /// Servers whose grant counted for the attempt's step (1 or 2) when it failed.
+    pub granted: usize,
+    /// Servers that refused (the lock held elsewhere, busy, full, invalid, unavailable).
+    pub refused: usize,
+    /// Of those, the servers that refused the name or the ttl ([`Refusal::Invalid`]: a ttl
+    /// above the server's maximum): trying again does not help.
+    pub invalid: usize,
+    /// Servers that had not answered when the attempt failed (down, unreachable, slow).
+    pub silent: usize,
+    /// The step the attempt failed in: 1 (Acquire) or 2 (AcquireAtLeast).
+    pub step: u8,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Request {
     Acquire,
@@ -153,6 +170,8 @@ struct Server {
     step: u8,
     /// A refusal to acquire, and when the server said the lock may be free.
     refused: Option<Instant>,
+    /// The refusal was [`Refusal::Invalid`].
+    invalid: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +206,7 @@ pub struct QuorumLock<const N: usize> {
     stats: QuorumStats,
     /// `acquire` was called during a release: start once it is done.
     acquire_after_release: bool,
+    last_failure: Tally,
 }
 
 impl<const N: usize> QuorumLock<N> {
@@ -215,6 +235,7 @@ impl<const N: usize> QuorumLock<N> {
                 deadline: Instant::ZERO,
                 step: 0,
                 refused: None,
+                invalid: false,
             })
             .ok()?;
         }
@@ -227,6 +248,7 @@ impl<const N: usize> QuorumLock<N> {
             events: Deque::new(),
             stats: QuorumStats::default(),
             acquire_after_release: false,
+            last_failure: Tally::default(),
         })
     }
 
@@ -282,6 +304,12 @@ impl<const N: usize> QuorumLock<N> {
     /// What the client did.
     pub fn stats(&self) -> QuorumStats {
         self.stats
+    }
+
+    /// How the servers stood when the last attempt failed (all zero before any failure): to
+    /// tell the user why an [`Event::Failed`] came.
+    pub fn last_failure(&self) -> Tally {
+        self.last_failure
     }
 
     /// The `majority`-th latest deadline among the leases, if after `now`.
@@ -409,6 +437,23 @@ impl<const N: usize> QuorumLock<N> {
                         .max()
                         .unwrap_or(now)
                         .max(now);
+                    let silent = self
+                        .servers
+                        .iter()
+                        .filter(|server| server.outstanding.is_some())
+                        .count();
+                    let invalid = self
+                        .servers
+                        .iter()
+                        .filter(|server| server.refused.is_some() && server.invalid)
+                        .count();
+                    self.last_failure = Tally {
+                        granted,
+                        refused,
+                        invalid,
+                        silent,
+                        step,
+                    };
                     self.stats.failed += 1;
                     self.release_all(now, Some(Event::Failed { retry_at }));
                 }
@@ -535,8 +580,14 @@ impl<const N: usize> QuorumLock<N> {
                 // Busy or unavailable: send it again after the retry interval.
                 server.outstanding = Some((id, request));
             }
-            (Request::Acquire | Request::AtLeast { .. }, Message::Refused { retry_ms, .. }) => {
+            (
+                Request::Acquire | Request::AtLeast { .. },
+                Message::Refused {
+                    reason, retry_ms, ..
+                },
+            ) => {
                 server.refused = Some(now.saturating_add(Duration::from_millis(retry_ms)));
+                server.invalid = reason == Refusal::Invalid;
             }
             _ => {
                 // Not an answer to this request: keep waiting for one.

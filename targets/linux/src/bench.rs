@@ -26,7 +26,9 @@
 //!   it, beside a raw sequential read of the same file; see [`queue_recovery`].
 //! - (j) uncontended lock acquire+release cycles per second from 1 and 16 clients through one
 //!   node running `bedrock::lock::LockServer`, against (a) run in turns; (k) the fail-over time
-//!   of a lock whose holder died, beside its ttl and `ttl · (1 + ε)`; see [`lock_load`].
+//!   of a lock whose holder died, beside its ttl and `ttl · (1 + ε)`; (l) quorum lock
+//!   acquire+release cycles per second through three lock nodes from one `QuorumLock` client,
+//!   with the p50 and p99 latency of an acquire, against (a) run in turns; see [`lock_load`].
 //!
 //! `--only LETTERS` selects figures by letter (`--only ghi` runs g, h and i; a, b and c go
 //! together).
@@ -151,19 +153,20 @@ pub fn run(dir: Option<&Path>, seconds: f64, only: Option<&str>) -> Result<ExitC
             notes.extend(jobs.notes());
         }
     }
-    if selection.has('j') || selection.has('k') {
+    if selection.has('j') || selection.has('k') || selection.has('l') {
         let mut raw = RawSync::new(scratch.path())?;
         progress(format_args!(
-            "j-k: one lock node, {:?} clients acquiring and releasing, then fail-over of a dead \
-             holder's lock at ttls {:?}",
+            "j-l: one lock node, {:?} clients acquiring and releasing, then fail-over of a dead \
+             holder's lock at ttls {:?}, then a quorum lock on {} nodes",
             lock_load::LEVELS,
-            lock_load::FAILOVER_TTLS
+            lock_load::FAILOVER_TTLS,
+            lock_load::QUORUM_NODES
         ));
         let locks = lock_load::figures(
             scratch.path(),
             budget,
             &mut raw,
-            (selection.has('j'), selection.has('k')),
+            (selection.has('j'), selection.has('k'), selection.has('l')),
         )?;
         rows.extend(locks.rows());
         notes.extend(locks.notes());
@@ -217,7 +220,7 @@ struct Selection {
 
 impl Selection {
     /// Every figure's letter; a, b and c run together.
-    const LETTERS: &'static str = "abcdefghijk";
+    const LETTERS: &'static str = "abcdefghijkl";
 
     fn parse(text: &str) -> Result<Self, Error> {
         let mut letters = String::new();
@@ -225,7 +228,7 @@ impl Selection {
             let letter = letter.to_ascii_lowercase();
             if !Self::LETTERS.contains(letter) {
                 return Err(fail(format!(
-                    "--only: no figure {letter:?} (the figures are a to k)"
+                    "--only: no figure {letter:?} (the figures are a to l)"
                 )));
             }
             // a, b and c are measured in turns: any of them runs all three.

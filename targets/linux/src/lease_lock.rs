@@ -1,6 +1,6 @@
 //! `bedrock lock acquire|renew|release|status|run --node ADDR`: the client side of a node's lock
 //! server (`bedrock::lock`, SPEC.md section 13): named locks granted as leases with fencing
-//! tokens.
+//! tokens; `run` and `status` also take several `--node`s (a quorum lock: see "Quorum").
 //!
 //! # Output
 //!
@@ -17,12 +17,18 @@
 //!   lock-delay after a node restart), both in milliseconds. A `free` lock with `free_ms` above
 //!   0 has a lease that ended and is not yet grantable.
 //! - `run` prints nothing itself (the command's output is its own); see below.
+//! - `status` with several `--node`s asks them all at once and prints one such line per node,
+//!   in the order given, prefixed by the node's address (`127.0.0.1:7001 free token 3 free_ms
+//!   0`); a node that does not answer is an `error: ADDR: …` line on stderr instead, and exit
+//!   status 1 (after the other lines).
 //!
 //! Exit status: 0 on success, 1 for a refusal or an error (one `error: …` line on stderr), 2
 //! for a command line that could not be parsed. `run` exits with its command's status (128 + N
 //! when it was killed by signal N), [`LEASE_LOST`] = 75 when it lost the lease and killed the
 //! command, 128 + N when it was stopped by SIGINT or SIGTERM (N), and 1 when the lock was not
-//! acquired.
+//! acquired. `acquire`, `renew` or `release` with more than one `--node` is exit status 2 (a
+//! usage error: a quorum grant has one token per node, so only `run` holds quorum locks), as
+//! is `run` or `status` with more than 7 nodes or one given twice.
 //!
 //! # `run`
 //!
@@ -90,7 +96,70 @@
 //! - A terminal: the command runs in its own process group, not the terminal's foreground one,
 //!   so it does not get the terminal's Ctrl-C (the runner does, and stops it), and reading the
 //!   terminal stops it (SIGTTIN). Give it its input another way.
-//! - One node: the locks live on the node given with `--node`; nothing is replicated.
+//! - One node: the locks live on the node given with `--node`; nothing is replicated (see
+//!   "Quorum" below for a lock on several nodes).
+//!
+//! # Quorum
+//!
+//! `bedrock lock run NAME --node A --node B --node C … -- CMD` (2 to 7 different nodes) holds
+//! the lock on a majority of the nodes given ([`bedrock::lock::quorum::QuorumLock`], SPEC.md
+//! section 13.5): each node is an independent `bedrock node` with its own data directory and
+//! its own `--id` (they need not form a membership cluster), all with the key and cluster
+//! label the client uses. Give each node a different `--id`: the client keeps one replay
+//! window per node id, so two nodes sharing an id reject each other's answers. With one
+//! `--node`, `run` is the single-node run above.
+//!
+//! The runner sends `Acquire` to every node; once a majority granted, `T` is the highest of
+//! their tokens, and `AcquireAtLeast T` goes to every node; once a majority granted that, the
+//! command runs with `BEDROCK_LOCK_TOKEN` = `T`. Every third of the ttl each node that granted
+//! gets a renewal (and each that did not an `AcquireAtLeast T`, so a node back from a crash
+//! joins again). Each node's lease ends for the runner at `lease · (1 − ε)` after the first
+//! send of the request it answered; the lock is held while a majority of those have not
+//! ended, and the 20 ms loop checks that first at every tick, as in the single-node run. The
+//! loop itself is the same for both modes; only the lease behind it differs.
+//!
+//! - Lost (fewer than a majority of leases left: renewals refused as stale, or unanswered by
+//!   enough nodes until their leases ended, or a pause): SIGKILL to the command's group, exit
+//!   75 with `error: lease on NAME lost: …`, and the grants left are not waited for.
+//! - Not acquired: an attempt ends when a majority cannot be reached any more (refusals) or
+//!   after 2 s without a majority of answers; what it got is released. Without `--wait` that
+//!   is exit status 1 with one line: `error: lock NAME not acquired on a majority (M of N
+//!   nodes needed): G granted, R refused (held by another client, or busy), S had not answered;
+//!   the lock may be free in D ms (--wait waits for it)` (or `try again when more nodes
+//!   answer` when no node said when). A node that refused the name or the ttl (a ttl above
+//!   its `--lock-ttl-max`) ends `run` at once, even with `--wait`: `error: acquiring lock NAME
+//!   refused by K of N nodes: …`. With `--wait` it is tried again after that wait (at
+//!   least 50 ms) plus a random 20 to 100 ms, so that contenders who split the nodes between
+//!   them do not collide again, until granted or `--wait-max`.
+//! - The command exits: the grants are released (the answers awaited at most 1 s; when a node
+//!   that granted does not answer, a node down since, that is one `warning: releasing lock
+//!   NAME: …` line on stderr, and its grant ends with its lease) and `run` exits with the
+//!   command's status.
+//!   SIGINT and SIGTERM as in the single-node run.
+//!
+//! Guaranteed, beyond the single-node guarantees: the lock and its tokens survive a minority
+//! of the nodes crashing, being partitioned away or losing power (SIGKILL, restart: each node
+//! keeps its token counter and its grants across restarts). While `run` believes in the lock,
+//! no other client holds a majority (any two majorities share a node, and that node's lease
+//! ends for the holder, by the drift bound, before the node could grant it again), and a token
+//! `T` is above every token a previous holder of the lock got (the next holder's first-step
+//! majority shares a node whose grant to it is above `T`).
+//!
+//! Not guaranteed:
+//!
+//! - Progress without a majority of nodes reachable, or while contenders keep splitting the
+//!   nodes between them (each attempt then fails and releases; `--wait` retries after a random
+//!   delay, which breaks the tie in practice but with no bound).
+//! - Safety if a node loses its data (a new disk, a deleted data directory): it forgets its
+//!   grants and its tokens, so a majority counting it may overlap another holder's. Bring such
+//!   a node back only after the longest ttl (its `--lock-ttl-max`) has passed with it down,
+//!   and never start a fresh node under an address of the list while the lock may be held.
+//! - Anything across node lists or modes: exclusion and the token order hold between runs
+//!   that give the same nodes. A single-node `run` or `acquire` on one of them holds that node
+//!   only (a quorum of the others may still be granted) and gets that node's own token, not
+//!   `T`. Use one node list per lock name.
+//! - Everything the single-node run does not guarantee (above): the command's effects after
+//!   its leases ended are only stopped by a resource that checks tokens (`bedrock fenced`).
 
 use std::cell::Cell;
 use std::ffi::OsString;
@@ -113,9 +182,9 @@ use crate::output;
 /// `run`'s exit status when it lost the lease and killed its command (EX_TEMPFAIL).
 pub const LEASE_LOST: u8 = 75;
 /// How often `run` compares the clock with its deadline and looks at its command.
-const TICK: Duration = Duration::from_millis(20);
+pub(crate) const TICK: Duration = Duration::from_millis(20);
 /// The wait before retrying a busy or full node.
-const RETRY_SOON: Duration = Duration::from_millis(50);
+pub(crate) const RETRY_SOON: Duration = Duration::from_millis(50);
 /// How long an interrupted command may take to exit after SIGTERM before SIGKILL.
 const GRACE: Duration = Duration::from_secs(1);
 /// The longest wait for one answer.
@@ -139,7 +208,7 @@ pub fn parse_ttl(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(millis(ttl)))
 }
 
-fn millis(duration: Duration) -> u64 {
+pub(crate) fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -256,7 +325,7 @@ fn request(client: &mut Client, message: &Message<'_>) -> Result<Answered, Error
 }
 
 /// What a refusal means, in words.
-fn refusal_sentence(reason: Refusal) -> &'static str {
+pub(crate) fn refusal_sentence(reason: Refusal) -> &'static str {
     match reason {
         Refusal::Held => "the lock is held",
         Refusal::Invalid => {
@@ -279,7 +348,7 @@ fn unexpected(reply: &Reply) -> Error {
 }
 
 /// Sleeps `duration` in ticks, unless a signal arrives meanwhile.
-fn sleep_unless(signal: &AtomicUsize, duration: Duration) {
+pub(crate) fn sleep_unless(signal: &AtomicUsize, duration: Duration) {
     let until = Instant::now() + duration;
     while signal.load(Ordering::Relaxed) == 0 {
         let left = until.saturating_duration_since(Instant::now());
@@ -565,8 +634,8 @@ pub fn release(
     }
 }
 
-/// `bedrock lock status`: one line, see the [module docs](self).
-pub fn status(node: SocketAddr, access: &Access, name: &str) -> Result<ExitCode, Error> {
+/// Lock `name`'s state on `node`, as `status` prints it.
+fn status_line(node: SocketAddr, access: &Access, name: &str) -> Result<String, Error> {
     let mut client = client_for(node, access)?;
     let message = Message::Status {
         request: request_id()?,
@@ -578,24 +647,58 @@ pub fn status(node: SocketAddr, access: &Access, name: &str) -> Result<ExitCode,
             token,
             lease_ms,
             free_ms,
-        } => output::line(format_args!(
+        } => Ok(format!(
             "held holder {holder} token {token} lease_ms {lease_ms} free_ms {free_ms}"
-        ))?,
+        )),
         Reply::State {
             holder: None,
             token,
             free_ms,
             ..
-        } => output::line(format_args!("free token {token} free_ms {free_ms}"))?,
-        Reply::Refused { reason, .. } => {
-            return Err(fail(format!(
-                "status refused: {}",
-                refusal_sentence(reason)
-            )))
-        }
-        reply => return Err(unexpected(&reply)),
+        } => Ok(format!("free token {token} free_ms {free_ms}")),
+        Reply::Refused { reason, .. } => Err(fail(format!(
+            "status refused: {}",
+            refusal_sentence(reason)
+        ))),
+        reply => Err(unexpected(&reply)),
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+/// `bedrock lock status`: one line, see the [module docs](self); with several nodes, one line
+/// per node (asked at once), prefixed by its address, and an `error: ADDR: …` line on stderr
+/// for each node that did not answer (exit status 1 then, after the other lines).
+pub fn status(nodes: &[SocketAddr], access: &Access, name: &str) -> Result<ExitCode, Error> {
+    if let [node] = nodes {
+        output::line(status_line(*node, access, name)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let lines: Vec<Result<String, Error>> = thread::scope(|scope| {
+        let asks: Vec<_> = nodes
+            .iter()
+            .map(|&node| scope.spawn(move || status_line(node, access, name)))
+            .collect();
+        asks.into_iter()
+            .map(|ask| {
+                ask.join()
+                    .unwrap_or_else(|_| Err(fail("the status request panicked")))
+            })
+            .collect()
+    });
+    let mut failed = false;
+    for (node, line) in nodes.iter().zip(lines) {
+        match line {
+            Ok(line) => output::line(format_args!("{node} {line}"))?,
+            Err(error) => {
+                failed = true;
+                eprintln!("error: {node}: {error}");
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 /// What `bedrock lock run` does.
@@ -681,7 +784,7 @@ fn exit_code(status: ExitStatus) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-fn signal_code(signal: usize) -> ExitCode {
+pub(crate) fn signal_code(signal: usize) -> ExitCode {
     ExitCode::from(u8::try_from(128 + signal).unwrap_or(1))
 }
 
@@ -714,17 +817,130 @@ fn lost(child: &mut Child, name: &str, why: &str) -> ExitCode {
     ExitCode::from(LEASE_LOST)
 }
 
-/// `bedrock lock run`: see the [module docs](self).
-pub fn run(node: SocketAddr, access: &Access, options: &RunOptions<'_>) -> Result<ExitCode, Error> {
-    let name = options.name;
-    let mut client = client_for(node, access)?;
+/// A lease `run` holds: on one node ([`SingleLease`]) or on a majority of several
+/// ([`crate::lock_quorum::QuorumLease`]). `run`'s loop calls [`Lease::lost`] first at every
+/// tick, then looks at the command and the signals, then [`Lease::work`].
+pub(crate) trait Lease {
+    /// The fencing token the command gets.
+    fn token(&self) -> u64;
+    /// Why the lease is lost, if it is by the clock now (or by an answer seen).
+    fn lost(&mut self) -> Option<String>;
+    /// When the lease must be taken as lost, by this machine's monotonic clock.
+    fn deadline(&self) -> Instant;
+    /// Does what is due (renewals, answers), waiting at most `max` for work. An error is not a
+    /// lost lease but a failure of the runner itself (the command is killed).
+    fn work(&mut self, max: Duration) -> Result<(), Error>;
+    /// Releases the lock at the end; failures only warn (the lease ends by itself).
+    fn release(&mut self);
+}
+
+/// A lease on one node.
+struct SingleLease<'a> {
+    client: Client,
+    name: &'a str,
+    ttl: Duration,
+    drift_ppm: u32,
+    held: Held,
+    interval: Duration,
+    next_renewal: Instant,
+    /// Why the node said the lease is lost.
+    refused: Option<String>,
+}
+
+impl Lease for SingleLease<'_> {
+    fn token(&self) -> u64 {
+        self.held.token
+    }
+
+    fn lost(&mut self) -> Option<String> {
+        if let Some(why) = &self.refused {
+            return Some(why.clone());
+        }
+        (Instant::now() >= self.held.deadline).then(|| {
+            "its deadline passed without a successful renewal (a pause, a partition, or the \
+             node did not answer)"
+                .to_string()
+        })
+    }
+
+    fn deadline(&self) -> Instant {
+        self.held.deadline
+    }
+
+    fn work(&mut self, max: Duration) -> Result<(), Error> {
+        let now = Instant::now();
+        if now < self.next_renewal {
+            let left = self
+                .next_renewal
+                .min(self.held.deadline)
+                .saturating_duration_since(now);
+            thread::sleep(left.min(max));
+            return Ok(());
+        }
+        // Wait for the answer no longer than the lease is known to last.
+        let left = self.held.deadline.saturating_duration_since(now);
+        self.client.timeout = left;
+        self.client.retry_interval = (left / 4).clamp(TICK, Duration::from_millis(300));
+        let (name, token) = (self.name, self.held.token);
+        match renew_request(&mut self.client, name, token, self.ttl)? {
+            Ok(Answered {
+                reply: Reply::Renewed { lease_ms },
+                first_sent,
+                ..
+            }) => {
+                let renewed = deadline(first_sent, lease_ms, self.drift_ppm);
+                self.held.deadline = self.held.deadline.max(renewed);
+                self.next_renewal = Instant::now() + self.interval;
+            }
+            Ok(Answered {
+                reply:
+                    Reply::Refused {
+                        reason: Refusal::Busy | Refusal::Full | Refusal::Unavailable,
+                        ..
+                    },
+                ..
+            }) => self.next_renewal = Instant::now() + RETRY_SOON,
+            Ok(Answered {
+                reply: Reply::Refused { reason, .. },
+                ..
+            }) => {
+                let sentence = if reason == Refusal::StaleToken {
+                    stale_sentence(name, token)
+                } else {
+                    refusal_sentence(reason).to_string()
+                };
+                self.refused = Some(format!("the node refused the renewal: {sentence}"));
+            }
+            Ok(Answered { reply, .. }) => return Err(unexpected(&reply)),
+            // No answer until the deadline (the loop sees it next), or a socket error: try
+            // again soon while the lease lasts.
+            Err(_) => self.next_renewal = Instant::now() + RETRY_SOON,
+        }
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        release_quietly(&mut self.client, self.name, self.held.token);
+    }
+}
+
+/// The flag SIGINT and SIGTERM set (to their number) while `run` runs.
+pub(crate) fn signal_flag() -> Result<Arc<AtomicUsize>, Error> {
     let signal = Arc::new(AtomicUsize::new(0));
     for number in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         let value = usize::try_from(number).unwrap_or(1);
         signal_hook::flag::register_usize(number, Arc::clone(&signal), value)
             .map_err(|error| fail(format!("cannot handle signals: {error}")))?;
     }
-    let mut held = match acquire_lock(
+    Ok(signal)
+}
+
+/// `bedrock lock run` with one node: see the [module docs](self).
+pub fn run(node: SocketAddr, access: &Access, options: &RunOptions<'_>) -> Result<ExitCode, Error> {
+    let name = options.name;
+    let mut client = client_for(node, access)?;
+    let signal = signal_flag()?;
+    let held = match acquire_lock(
         &mut client,
         name,
         options.ttl,
@@ -735,27 +951,43 @@ pub fn run(node: SocketAddr, access: &Access, options: &RunOptions<'_>) -> Resul
         Acquired::Held(held) => held,
         Acquired::Interrupted(caught) => return Ok(signal_code(caught)),
     };
-    let mut child = match spawn(options, held.token) {
+    let interval = (options.ttl / 3).max(TICK);
+    let lease = SingleLease {
+        client,
+        name,
+        ttl: options.ttl,
+        drift_ppm: options.drift_ppm,
+        held,
+        interval,
+        next_renewal: Instant::now() + interval,
+        refused: None,
+    };
+    hold(lease, options, &signal)
+}
+
+/// Runs the command while `lease` lasts: the loop both modes of `run` share.
+pub(crate) fn hold(
+    mut lease: impl Lease,
+    options: &RunOptions<'_>,
+    signal: &AtomicUsize,
+) -> Result<ExitCode, Error> {
+    let name = options.name;
+    let mut child = match spawn(options, lease.token()) {
         Ok(child) => child,
         Err(error) => {
-            release_quietly(&mut client, name, held.token);
+            lease.release();
             return Err(error);
         }
     };
-    let interval = (options.ttl / 3).max(TICK);
-    let mut next_renewal = Instant::now() + interval;
     loop {
         // First, always: a runner resumed after a pause must see its lease lost before it
         // does anything else.
-        let now = Instant::now();
-        if now >= held.deadline {
-            let why = "its deadline passed without a successful renewal (a pause, a partition, \
-                       or the node did not answer)";
-            return Ok(lost(&mut child, name, why));
+        if let Some(why) = lease.lost() {
+            return Ok(lost(&mut child, name, &why));
         }
         match child.try_wait() {
             Ok(Some(status)) => {
-                release_quietly(&mut client, name, held.token);
+                lease.release();
                 return Ok(exit_code(status));
             }
             Ok(None) => {}
@@ -766,66 +998,18 @@ pub fn run(node: SocketAddr, access: &Access, options: &RunOptions<'_>) -> Resul
         }
         let caught = signal.load(Ordering::Relaxed);
         if caught != 0 {
-            stop_group(&mut child, held.deadline);
-            release_quietly(&mut client, name, held.token);
+            stop_group(&mut child, lease.deadline());
+            lease.release();
             eprintln!(
                 "lock {name}: interrupted by signal {caught}: stopped the command and released \
                  the lock"
             );
             return Ok(signal_code(caught));
         }
-        if now >= next_renewal {
-            // Wait for the answer no longer than the lease is known to last.
-            let left = held.deadline.saturating_duration_since(now);
-            client.timeout = left;
-            client.retry_interval = (left / 4).clamp(TICK, Duration::from_millis(300));
-            match renew_request(&mut client, name, held.token, options.ttl)? {
-                Ok(Answered {
-                    reply: Reply::Renewed { lease_ms },
-                    first_sent,
-                    ..
-                }) => {
-                    let renewed = deadline(first_sent, lease_ms, options.drift_ppm);
-                    held.deadline = held.deadline.max(renewed);
-                    next_renewal = Instant::now() + interval;
-                }
-                Ok(Answered {
-                    reply:
-                        Reply::Refused {
-                            reason: Refusal::Busy | Refusal::Full | Refusal::Unavailable,
-                            ..
-                        },
-                    ..
-                }) => next_renewal = Instant::now() + RETRY_SOON,
-                Ok(Answered {
-                    reply: Reply::Refused { reason, .. },
-                    ..
-                }) => {
-                    let why = if reason == Refusal::StaleToken {
-                        format!(
-                            "the node refused the renewal: {}",
-                            stale_sentence(name, held.token)
-                        )
-                    } else {
-                        format!("the node refused the renewal: {}", refusal_sentence(reason))
-                    };
-                    return Ok(lost(&mut child, name, &why));
-                }
-                Ok(Answered { reply, .. }) => {
-                    kill_group(&mut child);
-                    return Err(unexpected(&reply));
-                }
-                // No answer until the deadline (the loop sees it next), or a socket error:
-                // try again soon while the lease lasts.
-                Err(_) => next_renewal = Instant::now() + RETRY_SOON,
-            }
-            continue;
+        if let Err(error) = lease.work(TICK) {
+            kill_group(&mut child);
+            return Err(error);
         }
-        let now = Instant::now();
-        let left = next_renewal
-            .min(held.deadline)
-            .saturating_duration_since(now);
-        thread::sleep(left.min(TICK));
     }
 }
 

@@ -21,6 +21,7 @@ mod fenced;
 mod inspect;
 mod job_scheduler;
 mod lease_lock;
+mod lock_quorum;
 mod membership;
 mod message_queue;
 mod node;
@@ -201,6 +202,12 @@ enum Command {
     ///   $ bedrock lock run --node 127.0.0.1:7001 --key-file cluster.key backup --ttl 10s \
     ///       --wait -- sh -c 'echo "token $BEDROCK_LOCK_TOKEN"'
     ///   token 2
+    ///
+    /// A quorum lock (`lock run` only), held on a majority of independent nodes, each with its
+    /// own --id and data, so that it survives a minority of them going down:
+    ///
+    ///   $ bedrock lock run --node 127.0.0.1:7001 --node 127.0.0.2:7001 \
+    ///       --node 127.0.0.3:7001 --key-file cluster.key backup -- ./backup.sh
     #[command(
         subcommand,
         verbatim_doc_comment,
@@ -306,6 +313,51 @@ struct RemoteArgs {
     node: SocketAddr,
     #[command(flatten)]
     access: AccessArgs,
+}
+
+/// Where a lock command goes: one running node, or (for `run` and `status`) several.
+#[derive(Debug, Args)]
+struct LockRemoteArgs {
+    /// The address of a running node (`bedrock node`). `run` and `status` take it 2 to 7 times:
+    /// `run` then holds the lock on a majority of those nodes (a quorum lock), `status` asks
+    /// each.
+    #[arg(long, value_name = "ADDR", required = true)]
+    node: Vec<SocketAddr>,
+    #[command(flatten)]
+    access: AccessArgs,
+}
+
+impl LockRemoteArgs {
+    /// The one node of `acquire`, `renew` or `release`.
+    fn single(&self) -> Result<SocketAddr, ExitCode> {
+        match self.node.as_slice() {
+            [node] => Ok(*node),
+            _ => {
+                eprintln!(
+                    "error: quorum locks are held by `lock run` only: a quorum grant has one \
+                     token per node (give one --node to acquire, renew or release)"
+                );
+                Err(ExitCode::from(2))
+            }
+        }
+    }
+
+    /// The nodes of `run` or `status`: 1 to 7, each once.
+    fn nodes(&self) -> Result<&[SocketAddr], ExitCode> {
+        let nodes = self.node.as_slice();
+        let repeated = nodes
+            .iter()
+            .enumerate()
+            .any(|(index, node)| nodes[..index].contains(node));
+        if nodes.len() > lock_quorum::NODES_MAX || repeated {
+            eprintln!(
+                "error: give 1 to {} different --node addresses",
+                lock_quorum::NODES_MAX
+            );
+            return Err(ExitCode::from(2));
+        }
+        Ok(nodes)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -430,7 +482,7 @@ enum LockCommand {
     /// passes; end it with `lock release`.
     Acquire {
         #[command(flatten)]
-        remote: RemoteArgs,
+        remote: LockRemoteArgs,
         /// The lock's name, 1 to 32 bytes.
         #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
         name: String,
@@ -445,7 +497,7 @@ enum LockCommand {
     /// Refused (exit status 1) with a stale token: the lock was released, or its lease ended.
     Renew {
         #[command(flatten)]
-        remote: RemoteArgs,
+        remote: LockRemoteArgs,
         /// The lock's name, 1 to 32 bytes.
         #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
         name: String,
@@ -462,7 +514,7 @@ enum LockCommand {
     /// then refused as stale (its first answer was lost) says so on stderr and exits 0.
     Release {
         #[command(flatten)]
-        remote: RemoteArgs,
+        remote: LockRemoteArgs,
         /// The lock's name, 1 to 32 bytes.
         #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
         name: String,
@@ -475,10 +527,11 @@ enum LockCommand {
     /// `held holder ID token T lease_ms L free_ms F` while a lease lasts, else `free token T
     /// free_ms F`: ID is the holder's client id, T the latest grant's token (0: none
     /// remembered), L the lease left and F the time until the lock can be granted to another
-    /// client, in milliseconds.
+    /// client, in milliseconds. With several --node addresses, one such line per node,
+    /// prefixed by its address.
     Status {
         #[command(flatten)]
-        remote: RemoteArgs,
+        remote: LockRemoteArgs,
         /// The lock's name, 1 to 32 bytes.
         #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
         name: String,
@@ -495,9 +548,13 @@ enum LockCommand {
     /// returned (128 + N for signal N). SIGINT or SIGTERM stop CMD (SIGTERM, SIGKILL after
     /// 1 s), release the lock and exit 128 + the signal. Exit status 1 when the lock was not
     /// acquired.
+    ///
+    /// With 2 to 7 --node addresses (independent nodes, each with its own --id, sharing the
+    /// key): a quorum lock, held while a majority of the nodes' leases last; the token is the
+    /// highest of a majority's grants, and survives a minority of the nodes going down.
     Run {
         #[command(flatten)]
-        remote: RemoteArgs,
+        remote: LockRemoteArgs,
         /// The lock's name, 1 to 32 bytes.
         #[arg(value_name = "NAME", value_parser = lease_lock::parse_name)]
         name: String,
@@ -899,27 +956,31 @@ fn run_lock(command: LockCommand) -> Result<ExitCode, Error> {
             name,
             ttl,
             wait,
-        } => lease_lock::acquire(
-            remote.node,
-            &remote.access.access(),
-            &name,
-            ttl,
-            wait.wait(),
-        ),
+        } => match remote.single() {
+            Ok(node) => lease_lock::acquire(node, &remote.access.access(), &name, ttl, wait.wait()),
+            Err(code) => Ok(code),
+        },
         LockCommand::Renew {
             remote,
             name,
             token,
             ttl,
-        } => lease_lock::renew(remote.node, &remote.access.access(), &name, token, ttl),
+        } => match remote.single() {
+            Ok(node) => lease_lock::renew(node, &remote.access.access(), &name, token, ttl),
+            Err(code) => Ok(code),
+        },
         LockCommand::Release {
             remote,
             name,
             token,
-        } => lease_lock::release(remote.node, &remote.access.access(), &name, token),
-        LockCommand::Status { remote, name } => {
-            lease_lock::status(remote.node, &remote.access.access(), &name)
-        }
+        } => match remote.single() {
+            Ok(node) => lease_lock::release(node, &remote.access.access(), &name, token),
+            Err(code) => Ok(code),
+        },
+        LockCommand::Status { remote, name } => match remote.nodes() {
+            Ok(nodes) => lease_lock::status(nodes, &remote.access.access(), &name),
+            Err(code) => Ok(code),
+        },
         LockCommand::Run {
             remote,
             name,
@@ -935,7 +996,11 @@ fn run_lock(command: LockCommand) -> Result<ExitCode, Error> {
                 drift_ppm,
                 command: &command,
             };
-            lease_lock::run(remote.node, &remote.access.access(), &options)
+            match remote.nodes() {
+                Ok([node]) => lease_lock::run(*node, &remote.access.access(), &options),
+                Ok(nodes) => lock_quorum::run(nodes, &remote.access.access(), &options),
+                Err(code) => Ok(code),
+            }
         }
     }
 }

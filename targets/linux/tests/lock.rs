@@ -2,7 +2,9 @@
 //! lock server driven by `bedrock lock acquire|renew|release|status|run`, and `bedrock fenced`
 //! as the resource the locks protect. The second test freezes a lock holder (its runner and its
 //! command) with SIGSTOP past its lease, lets a second holder take the lock, resumes the first
-//! and shows that the fenced file refuses it.
+//! and shows that the fenced file refuses it. The last test holds a quorum lock on three nodes
+//! (127.0.0.1 to 127.0.0.3, ids 1 to 3, one key): it keeps working with one node killed, under
+//! higher tokens, fences a frozen holder, and refuses without a majority.
 //!
 //! Waits poll for an outcome up to [`DEADLINE`]; no assertion depends on how long anything
 //! took. Child processes are killed when a test ends, however it ends; every file lives in a
@@ -492,4 +494,196 @@ fn a_paused_holder_loses_its_lease_and_the_fenced_resource_refuses_its_token() {
 
     let stop = node.stop();
     assert!(stop.contains("; locks "), "{stop}");
+}
+
+/// One of three independent nodes of a quorum lock: its own id, address (127.0.0.N), data
+/// and process; one key shared by all.
+struct QuorumNode {
+    id: u32,
+    addr: SocketAddr,
+    data: PathBuf,
+    key: PathBuf,
+    process: NodeProcess,
+}
+
+impl QuorumNode {
+    fn start(dir: &Path, key: &Path, id: u32) -> Self {
+        let ip = Ipv4Addr::new(127, 0, 0, u8::try_from(id).unwrap());
+        let mut node = Self {
+            id,
+            addr: free_address(ip),
+            data: dir.join(format!("node{id}")),
+            key: key.to_path_buf(),
+            process: NodeProcess::new(format!("node {id}"), DEADLINE),
+        };
+        for _ in 0..BIND_ATTEMPTS {
+            let mut command = Command::new(BIN);
+            command
+                .args(["node", "--id", &id.to_string()])
+                .args(["--listen", &node.addr.to_string()])
+                .arg("--data")
+                .arg(&node.data)
+                .arg("--key-file")
+                .arg(&node.key);
+            if node.process.start(command) {
+                return node;
+            }
+            node.addr = free_address(ip);
+        }
+        panic!("node {id}: no free port after {BIND_ATTEMPTS} attempts");
+    }
+}
+
+/// `bedrock lock COMMAND --node A --node B … --key-file KEY ARGS…` over `nodes`, not started.
+fn quorum_lock(nodes: &[QuorumNode], command: &str, args: &[&str]) -> Command {
+    let mut process = Command::new(BIN);
+    process.args(["lock", command]);
+    for node in nodes {
+        process.args(["--node", &node.addr.to_string()]);
+    }
+    process.arg("--key-file").arg(&nodes[0].key).args(args);
+    process
+}
+
+/// A contender's runner over all of `nodes` (see [`CONTENDER`]).
+fn quorum_contender(nodes: &[QuorumNode], dir: &Path, label: &str, count: u32) -> Runner {
+    let file = dir.join("fenced.txt");
+    let log = dir.join(format!("{label}.log"));
+    let mut command = quorum_lock(nodes, "run", &["fenced-demo", "--ttl", "2s", "--wait"]);
+    command
+        .args(["--", "sh", "-c", CONTENDER, "sh", BIN])
+        .arg(&file)
+        .arg(&log)
+        .args([label, &count.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    Runner {
+        child: command.spawn().unwrap(),
+        group: None,
+    }
+}
+
+/// `lock run db --wait` over `nodes` with a command that appends `LABEL` to the fenced file
+/// under its token.
+fn quorum_append(nodes: &[QuorumNode], path: &str, label: &str) -> Output {
+    let script = format!("\"$0\" fenced append \"$1\" \"$BEDROCK_LOCK_TOKEN\" {label}");
+    quorum_lock(
+        nodes,
+        "run",
+        &[
+            "db", "--ttl", "5s", "--wait", "--", "sh", "-c", &script, BIN, path,
+        ],
+    )
+    .output()
+    .unwrap()
+}
+
+#[test]
+fn a_quorum_lock_survives_one_of_three_nodes_and_refuses_without_a_majority() {
+    let temporary = scratch("lock-quorum-");
+    let dir = temporary.path();
+    let key = dir.join("cluster.key");
+    keygen(&key);
+    let mut nodes: Vec<QuorumNode> = (1..=3).map(|id| QuorumNode::start(dir, &key, id)).collect();
+    let file = dir.join("fenced.txt");
+    let path = file.to_str().unwrap();
+
+    // Status asks every node, one line each, prefixed by its address.
+    let status = quorum_lock(&nodes, "status", &["db"]).output().unwrap();
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    let shown = text(&status.stdout);
+    assert_eq!(shown.lines().count(), 3, "{shown}");
+    for (line, node) in shown.lines().zip(&nodes) {
+        assert!(
+            line.starts_with(&format!("{} free token ", node.addr)),
+            "{shown}"
+        );
+    }
+    // acquire, renew and release take one node: a quorum grant has one token per node.
+    let line = assert_one_error_line(
+        &quorum_lock(&nodes, "acquire", &["db"]).output().unwrap(),
+        2,
+    );
+    assert!(line.contains("held by `lock run` only"), "{line}");
+
+    // (a) All three nodes: the command appends under the quorum token.
+    let output = quorum_append(&nodes, path, "first");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines = fenced_lines(&file);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let first = lines[0].0;
+
+    // (b) One node killed: the lock is still granted by the two left, under a higher token.
+    nodes[1].process.kill();
+    let output = quorum_append(&nodes, path, "second");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let lines = fenced_lines(&file);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[1].1, "second");
+    assert!(lines[1].0 > first, "{lines:?}");
+    let second = lines[1].0;
+
+    // (d) A holder frozen past its leases loses the lock to a second contender; resumed, its
+    // writes are refused by the fenced file and its runner exits 75.
+    let mut a = quorum_contender(&nodes, dir, "A", 0);
+    a.group = Some(group_of(dir, "A"));
+    let a_token = poll("A's first write", || {
+        fenced_lines(&file)
+            .iter()
+            .find(|(_, label)| label == "A")
+            .map(|(token, _)| *token)
+    });
+    assert!(a_token > second, "{second} {a_token}");
+    let mut b = quorum_contender(&nodes, dir, "B", 5);
+    send_signal(a.child.id(), libc::SIGSTOP);
+    signal_group(a.group.unwrap(), libc::SIGSTOP);
+    let b_token = poll("B's first write", || {
+        fenced_lines(&file)
+            .iter()
+            .find(|(_, label)| label == "B")
+            .map(|(token, _)| *token)
+    });
+    assert!(b_token > a_token, "{a_token} {b_token}");
+    b.group = Some(group_of(dir, "B"));
+    signal_group(a.group.unwrap(), libc::SIGCONT);
+    let a_log = dir.join("A.log");
+    poll("A's refused write", || {
+        let log = fs::read_to_string(&a_log).ok()?;
+        log.contains(&format!("refused {a_token}")).then_some(())
+    });
+    send_signal(a.child.id(), libc::SIGCONT);
+    let (status, stderr) = a.finish("A's runner to exit");
+    assert_eq!(status.code(), Some(LEASE_LOST), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("error: lease on fenced-demo lost: "),
+        "{stderr}"
+    );
+    let (status, stderr) = b.finish("B's runner to exit");
+    assert!(status.success(), "{status}: {stderr}");
+    let lines = fenced_lines(&file);
+    let first_b = lines.iter().position(|(_, label)| label == "B").unwrap();
+    assert!(
+        lines[first_b..].iter().all(|(_, label)| label == "B"),
+        "{lines:?}"
+    );
+    assert!(
+        lines.windows(2).all(|pair| pair[0].0 <= pair[1].0),
+        "{lines:?}"
+    );
+
+    // (c) Two of three nodes killed: no majority; without --wait, one line and exit 1.
+    nodes[2].process.kill();
+    let output = quorum_lock(&nodes, "run", &["db", "--ttl", "5s", "--", "true"])
+        .output()
+        .unwrap();
+    let line = assert_one_error_line(&output, 1);
+    assert!(
+        line.starts_with("error: lock db not acquired on a majority (2 of 3 nodes needed): "),
+        "{line}"
+    );
+    assert!(line.contains(" had not answered"), "{line}");
+    assert_eq!(nodes[0].id, 1);
+    nodes[0].process.stop(libc::SIGTERM);
 }

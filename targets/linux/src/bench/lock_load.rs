@@ -14,21 +14,38 @@
 //! of its `Acquire` (before the server's grant) to the second client's `Granted`. The server may
 //! grant the lock again only after `ttl · (1 + ε)` from its grant, so that is the floor; what
 //! lies above it is the round trips, the syncs and the retry's sleep.
+//!
+//! (l) Quorum acquire+release cycles per second through [`QUORUM_NODES`] lock nodes (node
+//! threads with ids of their own, each on its own `FileStorage`), from one client driving
+//! `bedrock::lock::quorum::QuorumLock` in a `Driver` over one UDP socket, as `bedrock lock run`
+//! with several `--node`s does. A cycle is `Acquire` on every node, `AcquireAtLeast T` on every
+//! node (a renewal on each node that granted `T` or more, a new grant on the others), then
+//! `Release` on every node: at least two durable writes per node (GRANT, RELEASE) and three
+//! round trips, each step waiting for a majority (acquire) or every node (release). Beside it,
+//! (a) in turns with it; the latency of an acquire (both steps) is given as p50 and p99.
 
 use std::path::Path;
 use std::time::{Duration, Instant as StdInstant};
 
+use bedrock::crdt::NodeId;
+use bedrock::driver::Driver;
+use bedrock::lock::quorum::{Event, QuorumConfig, QuorumLock};
 use bedrock::lock::{self, Message, Refusal};
+use bedrock::net::MTU_MAX;
+use bedrock::rng::SplitMix64;
 use bedrock::service::kind;
 use bedrock::time::Instant;
+use bedrock::wire::Wire;
 use bedrock::wire::{Key, Keyring};
 use bedrock_std::client::{random_bytes, random_u64, Client};
+use bedrock_std::clock::MonotonicClock;
+use bedrock_std::udp::UdpDatagram;
 use bedrock_std::FileStorage;
 
 use super::service_load::{
     self, clients, micros, rounds, row, Actor, Answered, Bench, Level, RunningNode, Snapshot,
 };
-use super::{median_of, RawSync, Row};
+use super::{median_of, Rate, RawSync, Row};
 use crate::error::{fail, Error};
 use crate::node::{self, NodeLock};
 
@@ -44,6 +61,10 @@ pub const FAILOVER_TTLS: [Duration; 2] = [Duration::from_millis(200), Duration::
 const FAILOVERS_MIN: u32 = 3;
 /// Fail-overs measured per ttl, at most.
 const FAILOVERS_MAX: u32 = 20;
+/// The nodes of (l).
+pub const QUORUM_NODES: usize = 3;
+/// Rounds of (l): quorum cycles, then (a), in turns.
+const QUORUM_ROUNDS: u32 = 6;
 
 fn open_lock(dir: &Path) -> Result<NodeLock, String> {
     let storage = FileStorage::open(dir, node::store_options(node::LOCK_CAPACITY))
@@ -179,19 +200,45 @@ impl Failover {
     }
 }
 
-/// (j) and (k).
+/// (l): quorum cycles.
+#[derive(Debug)]
+pub struct Quorum {
+    /// Cycles and the time they took, over every round.
+    pub cycles: Rate,
+    /// (a) in its turns.
+    pub raw: Rate,
+    /// Each round's cycles per second over (a)'s syncs per second.
+    pub ratios: Vec<f64>,
+    /// Each acquire (both steps), sorted.
+    pub acquires: Vec<Duration>,
+    /// Attempts that failed (and were tried again).
+    pub failed: u64,
+    /// Requests sent again for want of an answer.
+    pub retries: u64,
+}
+
+impl Quorum {
+    fn acquire_latency(&self, percent: usize) -> Duration {
+        let index =
+            (self.acquires.len() * percent / 100).min(self.acquires.len().saturating_sub(1));
+        self.acquires.get(index).copied().unwrap_or_default()
+    }
+}
+
+/// (j), (k) and (l).
 #[derive(Debug)]
 pub struct Figures {
     pub levels: Vec<Level>,
     pub failovers: Vec<Failover>,
+    pub quorum: Option<Quorum>,
 }
 
-/// (j) and (k), each when its flag says so.
+/// (j), (k) and (l), each when its flag says so.
 pub fn figures(
     scratch: &Path,
     budget: Duration,
     raw: &mut RawSync,
-    (cycles, failover_times): (bool, bool),
+    (cycles, failover_times, quorum_cycles): (bool, bool, bool),
 ) -> Result<Figures, Error> {
     let mut levels = Vec::new();
     for count in LEVELS.into_iter().filter(|_| cycles) {
@@ -210,7 +257,190 @@ pub fn figures(
     for ttl in FAILOVER_TTLS.into_iter().filter(|_| failover_times) {
         failovers.push(failover(scratch, ttl, budget)?);
     }
-    Ok(Figures { levels, failovers })
+    let quorum = if quorum_cycles {
+        Some(quorum(scratch, budget, raw)?)
+    } else {
+        None
+    };
+    Ok(Figures {
+        levels,
+        failovers,
+        quorum,
+    })
+}
+
+/// Measures (l): [`QUORUM_NODES`] node threads, one quorum client, (a) in turns.
+fn quorum(scratch: &Path, budget: Duration, raw: &mut RawSync) -> Result<Quorum, Error> {
+    let random = || random_u64().map_err(|error| fail(error.to_string()));
+    let secret = random_bytes::<32>().map_err(|error| fail(error.to_string()))?;
+    let key = Key::new(1, secret);
+    let cluster = random()? as u32;
+    let mut nodes = Vec::new();
+    let mut started = Ok(());
+    for index in 0..QUORUM_NODES {
+        let dir = scratch.join(format!("lock-quorum-{index}"));
+        let id = NodeId(index as u32 + 1);
+        match RunningNode::start_as(&LockBench, &dir, key.clone(), cluster, (id, 1)) {
+            Ok(node) => nodes.push(node),
+            Err(error) => {
+                started = Err(error);
+                break;
+            }
+        }
+    }
+    let measured = started.and_then(|()| quorum_cycles(&nodes, &key, cluster, budget, raw));
+    let mut stopped = Ok(());
+    for node in nodes {
+        stopped = stopped.and(node.stop());
+    }
+    let measured = measured?;
+    stopped?;
+    for index in 0..QUORUM_NODES {
+        let dir = scratch.join(format!("lock-quorum-{index}"));
+        std::fs::remove_dir_all(&dir)
+            .map_err(|error| fail(format!("could not remove {}: {error}", dir.display())))?;
+    }
+    Ok(measured)
+}
+
+/// A quorum client over one socket, as `bedrock lock run` drives it.
+struct QuorumClient {
+    lock: QuorumLock<QUORUM_NODES>,
+    driver: Driver<1, { QUORUM_NODES + 1 }>,
+    socket: UdpDatagram,
+    rng: SplitMix64,
+    buffer: Vec<u8>,
+    clock: MonotonicClock,
+    /// The last cycle's token: every next one must be higher.
+    last_token: u64,
+}
+
+impl QuorumClient {
+    /// Steps until `done` takes an event, or the attempt's time (and some) has passed.
+    fn until<T>(&mut self, mut done: impl FnMut(Event) -> Option<T>) -> Result<T, Error> {
+        let give_up = StdInstant::now() + Duration::from_secs(10);
+        loop {
+            let now = self.clock.now();
+            let next = self
+                .driver
+                .step(
+                    now,
+                    &mut self.socket,
+                    &mut self.lock,
+                    &mut self.rng,
+                    &mut self.buffer,
+                )
+                .map_err(|error| fail(error.to_string()))?;
+            while let Some(event) = self.lock.poll_event() {
+                if let Some(value) = done(event) {
+                    return Ok(value);
+                }
+            }
+            if StdInstant::now() > give_up {
+                return Err(fail("the benchmark's quorum client got no answers"));
+            }
+            let wait = next.map_or(Duration::from_millis(10), |at| {
+                at.saturating_duration_since(self.clock.now())
+                    .min(Duration::from_millis(10))
+            });
+            if !wait.is_zero() {
+                self.socket
+                    .wait(Some(wait))
+                    .map_err(|error| fail(format!("waiting on the socket failed: {error}")))?;
+            }
+        }
+    }
+
+    /// One acquire+release cycle: the acquire's latency, and whether it was tried again.
+    fn cycle(&mut self) -> Result<(Duration, u64), Error> {
+        let start = StdInstant::now();
+        let mut failed = 0;
+        loop {
+            self.lock.acquire(self.clock.now());
+            let token = self.until(|event| match event {
+                Event::Acquired { token } => Some(Some(token)),
+                Event::Failed { .. } => Some(None),
+                Event::Lost | Event::Released => None,
+            })?;
+            match token {
+                Some(token) if token > self.last_token => {
+                    self.last_token = token;
+                    break;
+                }
+                Some(token) => {
+                    return Err(fail(format!(
+                        "quorum token {token} after token {}: tokens must grow",
+                        self.last_token
+                    )))
+                }
+                None => failed += 1,
+            }
+        }
+        let acquired = start.elapsed();
+        self.lock.release(self.clock.now());
+        self.until(|event| (event == Event::Released).then_some(()))?;
+        Ok((acquired, failed))
+    }
+}
+
+fn quorum_cycles(
+    nodes: &[RunningNode<NodeLock>],
+    key: &Key,
+    cluster: u32,
+    budget: Duration,
+    raw: &mut RawSync,
+) -> Result<Quorum, Error> {
+    let random = || random_u64().map_err(|error| fail(error.to_string()));
+    let servers: Vec<_> = nodes.iter().map(|node| node.addr).collect();
+    let config = QuorumConfig {
+        ttl: TTL,
+        ..QuorumConfig::default()
+    };
+    let lock = QuorumLock::new(b"quorum-bench", &servers, config, random()?)
+        .ok_or_else(|| fail("cannot make the benchmark's quorum lock"))?;
+    let sender = NodeId((random()? as u32) | 0x8000_0000);
+    let wire = Wire::encrypted(cluster, sender, random()? as u32, Keyring::new(key.clone()));
+    let socket = UdpDatagram::bind(([127, 0, 0, 1], 0).into(), MTU_MAX)
+        .map_err(|error| fail(format!("cannot bind a UDP socket: {error}")))?;
+    let mut client = QuorumClient {
+        lock,
+        driver: Driver::new(wire),
+        socket,
+        rng: SplitMix64::new(random()?),
+        buffer: vec![0; MTU_MAX + 1],
+        clock: MonotonicClock::new(),
+        last_token: 0,
+    };
+    let mut result = Quorum {
+        cycles: Rate::default(),
+        raw: Rate::default(),
+        ratios: Vec::new(),
+        acquires: Vec::new(),
+        failed: 0,
+        retries: 0,
+    };
+    let round = budget / QUORUM_ROUNDS;
+    for _ in 0..QUORUM_ROUNDS {
+        let start = StdInstant::now();
+        let mut cycles = 0;
+        while start.elapsed() < round {
+            let (acquired, failed) = client.cycle()?;
+            result.acquires.push(acquired);
+            result.failed += failed;
+            cycles += 1;
+        }
+        let rate = Rate {
+            operations: cycles,
+            elapsed: start.elapsed(),
+        };
+        let synced = raw.run_for(round / 3)?;
+        result.ratios.push(rate.per_second() / synced.per_second());
+        result.cycles.add(rate);
+        result.raw.add(synced);
+    }
+    result.retries = client.lock.stats().retries;
+    result.acquires.sort_unstable();
+    Ok(result)
 }
 
 /// Measures (k) for `ttl` on one node: as many fail-overs as fit twice the budget, within
@@ -337,6 +567,16 @@ impl Figures {
                 )
             })
             .collect();
+        if let Some(quorum) = &self.quorum {
+            rows.push(Row {
+                figure: format!("l. quorum lock acquire+release, {QUORUM_NODES} nodes, 1 client"),
+                measured: format!("{:.0} cycles/s", quorum.cycles.per_second()),
+                limit: format!("{:.0} ops/s (a)", quorum.raw.per_second()),
+                ratio: format!("{:.3}x", median_of(&quorum.ratios)),
+                goal: "-",
+                result: "-".to_string(),
+            });
+        }
         for failover in &self.failovers {
             let median = failover.median();
             rows.push(Row {
@@ -412,6 +652,32 @@ impl Figures {
                 median_of(&millis),
                 millis.last().copied().unwrap_or_default(),
                 failover.refusals
+            ));
+        }
+        if let Some(quorum) = &self.quorum {
+            notes.push(format!(
+                "l: {QUORUM_NODES} lock nodes on 127.0.0.1 (node threads with ids 1 to \
+                 {QUORUM_NODES}, encrypted envelopes, a LockServer each on its own {} MiB \
+                 FileStorage); one client drives QuorumLock over one UDP socket: Acquire on \
+                 all, AcquireAtLeast T on all, Release on all, {} s ttl; {:.0} cycles/s, \
+                 acquire (both steps) p50 {:.0} us, p99 {:.0} us; {} cycles, {} failed attempts \
+                 tried again, {} requests sent again; (a) in turns {:.0} ops/s; per-round \
+                 ratios {}",
+                node::LOCK_CAPACITY >> 20,
+                TTL.as_secs(),
+                quorum.cycles.per_second(),
+                micros(quorum.acquire_latency(50)),
+                micros(quorum.acquire_latency(99)),
+                quorum.cycles.operations,
+                quorum.failed,
+                quorum.retries,
+                quorum.raw.per_second(),
+                quorum
+                    .ratios
+                    .iter()
+                    .map(|ratio| format!("{ratio:.3}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
             ));
         }
         notes

@@ -256,7 +256,19 @@ impl<S: Service + Send + 'static> RunningNode<S> {
         cluster: u32,
         incarnation: u32,
     ) -> Result<Self, Error> {
-        let wire = NodeWire::encrypted(cluster, NodeId(1), incarnation, Keyring::new(key));
+        Self::start_as(bench, dir, key, cluster, (NodeId(1), incarnation))
+    }
+
+    /// [`Self::start`] for node `id` (nodes that one client talks to need ids of their own:
+    /// the client keeps one replay window per sender id).
+    pub fn start_as<B: Bench<Service = S>>(
+        bench: &B,
+        dir: &Path,
+        key: Key,
+        cluster: u32,
+        (id, incarnation): (NodeId, u32),
+    ) -> Result<Self, Error> {
+        let wire = NodeWire::encrypted(cluster, id, incarnation, Keyring::new(key));
         let local: SocketAddr = ([127, 0, 0, 1], 0).into();
         let socket = UdpDatagram::bind(local, MTU_DEFAULT)
             .map_err(|error| fail(format!("cannot bind a UDP socket: {error}")))?;
