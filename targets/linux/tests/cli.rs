@@ -1,21 +1,20 @@
 //! The `bedrock` binary as a user runs it: outputs, exit statuses and error sentences.
 
+mod common;
+
 use std::fs::OpenOptions;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use bedrock_std::{FileOptions, FileStorage, DATA_FILE_NAME};
-
-const BIN: &str = env!("CARGO_BIN_EXE_bedrock");
+use common::{assert_one_error_line, BIN};
 
 fn scratch() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("cli-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
+    common::scratch("cli-")
 }
 
+/// Runs `bedrock` with `args` and `--data dir`.
 fn bedrock(args: &[&str], dir: &Path) -> Output {
     Command::new(BIN)
         .args(args)
@@ -26,24 +25,11 @@ fn bedrock(args: &[&str], dir: &Path) -> Output {
 }
 
 fn stdout(output: &Output) -> String {
-    String::from_utf8(output.stdout.clone()).unwrap()
+    common::text(&output.stdout)
 }
 
 fn stderr(output: &Output) -> String {
-    String::from_utf8(output.stderr.clone()).unwrap()
-}
-
-/// Asserts a failure with exactly one line on stderr, an `error:` sentence without a panic.
-fn assert_one_error_line(output: &Output, status: i32) -> String {
-    let text = stderr(output);
-    assert_eq!(output.status.code(), Some(status), "stderr: {text}");
-    assert!(text.starts_with("error: "), "{text}");
-    assert_eq!(text.lines().count(), 1, "{text}");
-    assert!(
-        !text.contains("panicked") && !text.contains("backtrace"),
-        "{text}"
-    );
-    text.trim_end().to_string()
+    common::text(&output.stderr)
 }
 
 #[test]

@@ -14,7 +14,10 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bedrock");
+mod common;
+
+use common::BIN;
+
 const CYCLES: u32 = 20;
 const BATCHES: [u32; 3] = [1, 7, 64];
 
