@@ -129,8 +129,8 @@ pub fn run(dir: Option<&Path>, seconds: f64, only: Option<&str>) -> Result<ExitC
             node_load::LEVELS
         ));
         let node = node_load::figures(scratch.path(), budget)?;
-        rows.extend(node_rows(&node));
-        notes.extend(node_notes(&node));
+        rows.extend(node_load::rows(&node));
+        notes.extend(node_load::notes(&node));
     }
     if selection.has('g') || selection.has('h') {
         let mut raw = RawSync::new(scratch.path())?;
@@ -1065,62 +1065,6 @@ fn crc_row(crc: CrcFigures) -> Row {
         goal: "-",
         result: "-".to_string(),
     }
-}
-
-fn node_rows(levels: &[node_load::Level]) -> Vec<Row> {
-    levels
-        .iter()
-        .map(|level| {
-            let raw = level.raw.per_second();
-            let ratio = median_of(&level.ratios);
-            let plural = if level.clients == 1 { "" } else { "s" };
-            Row {
-                figure: format!("f. node, {} UDP client{plural}", level.clients),
-                measured: format!("{:.0} incr/s", level.per_second()),
-                limit: format!("{raw:.0} ops/s (a)"),
-                ratio: format!("{ratio:.2}x"),
-                goal: "-",
-                result: "-".to_string(),
-            }
-        })
-        .collect()
-}
-
-fn node_notes(levels: &[node_load::Level]) -> Vec<String> {
-    let mut notes = vec![
-        "f: one node on 127.0.0.1 (event loop thread, encrypted envelopes, distributed counter on \
-         an 8 MiB FileStorage of 64 KiB segments, a checkpoint every 1024 increments); one \
-         client thread, each client a socket keeping one Incr outstanding, answered after its \
-         fdatasync"
-            .to_string(),
-        format!(
-            "f: per level, {} rounds of (a) for a quarter of the round, then the clients for the \
-             rest; ratios are medians of the per-round ratios",
-            node_load::ROUNDS
-        ),
-    ];
-    for level in levels {
-        notes.push(format!(
-            "f: {:>2} clients: {:.0} incr/s in {:.0} syncs/s, {:.1} increments per sync; \
-             latency p50 {:.0} us, p99 {:.0} us; {} requests sent again; (a) in its turns {:.0} \
-             ops/s; per-round ratios {}",
-            level.clients,
-            level.per_second(),
-            level.syncs_per_second(),
-            level.increments_per_sync(),
-            level.latency(50).as_secs_f64() * 1e6,
-            level.latency(99).as_secs_f64() * 1e6,
-            level.retries,
-            level.raw.per_second(),
-            level
-                .ratios
-                .iter()
-                .map(|ratio| format!("{ratio:.2}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        ));
-    }
-    notes
 }
 
 fn replay_row(cache: &str, (replayed, read, ratio): (f64, f64, f64)) -> Row {

@@ -168,7 +168,7 @@ const PEERS_MAX: usize = 64;
 /// Client requests remembered for retries.
 const DONE_MAX: usize = 1024;
 /// Replies waiting for one sync.
-const PENDING_MAX: usize = 256;
+pub const PENDING_MAX: usize = 256;
 /// Senders whose replay windows a node keeps.
 const SENDERS_MAX: usize = 256;
 /// The longest a stopping node spends announcing that it leaves, in probe periods.
@@ -287,7 +287,7 @@ const _: () = assert!(LOCK_CAPACITY / ERASE_SIZE as u64 == 16);
 // A checkpoint of every lock, with the control frames, fits one segment and the lent buffer.
 const _: () = assert!(lock::checkpoint_len_max(LOCKS) + 1024 <= ERASE_SIZE as usize);
 
-type NodeCounter =
+pub type NodeCounter =
     DistributedCounter<FileStorage, Vec<u8>, NODES_MAX, PEERS_MAX, DONE_MAX, PENDING_MAX>;
 type NodeLog = Rlog<FileStorage, Vec<u8>, LOG_ORIGINS_MAX, PEERS_MAX, LOG_SEGMENTS>;
 pub type NodeQueue =
@@ -368,6 +368,17 @@ fn warn_about(dir: &Path, recovery: &Recovery) {
     }
 }
 
+/// Opens a node's distributed counter on `storage` with `peers`, with the lent buffer
+/// `bedrock node` uses.
+pub fn open_node_counter(
+    storage: FileStorage,
+    config: dcounter::Config,
+    peers: &[SocketAddr],
+) -> Result<(NodeCounter, Recovery), String> {
+    NodeCounter::open(storage, vec![0; COUNTER_BUFFER_BYTES], config, peers)
+        .map_err(|error| error.to_string())
+}
+
 fn open_counter(
     options: &NodeOptions,
     storage: FileStorage,
@@ -375,13 +386,8 @@ fn open_counter(
 ) -> Result<NodeCounter, Error> {
     let dir = options.data.join("counter");
     let config = dcounter::Config::new(NodeId(options.id), incarnation);
-    let (counter, recovery) = NodeCounter::open(
-        storage,
-        vec![0; COUNTER_BUFFER_BYTES],
-        config,
-        &options.peers,
-    )
-    .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
+    let (counter, recovery) = open_node_counter(storage, config, &options.peers)
+        .map_err(|error| fail(format!("cannot recover {}: {error}", dir.display())))?;
     warn_about(&dir, &recovery);
     Ok(counter)
 }
