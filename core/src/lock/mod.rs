@@ -48,7 +48,9 @@
 //!   may act after another client was granted the lock. Only a resource that checks fencing
 //!   tokens (refusing any token below the highest it has seen) is protected.
 //! - Clocks whose rates differ by more than `ε`, or a non-monotonic clock, break the lease.
-//! - A retried `Release` whose answer was lost is refused as stale (the lock is already gone).
+//! - A retried `Release` whose answer was lost gets `Released` again while the server
+//!   remembers it (its last 16 releases, in memory): after a restart, or 16 releases later, it
+//!   is refused as stale (the lock is gone either way).
 //!   A retried `Acquire` from the current holder returns its grant again (same token, lease
 //!   extended).
 //! - Lowering `ttl_max` across a restart shortens the lock-delay accordingly.
@@ -74,6 +76,8 @@ pub use record::{
 
 use core::time::Duration;
 
+use heapless::Deque;
+
 use crate::crdt::NodeId;
 use crate::frame::EmitError;
 use crate::log::{self, AppendError, Appended, Log, OpenError, Recovery, ReplayError, SyncError};
@@ -84,6 +88,9 @@ use record::{CheckpointView, Index};
 
 /// Immediate answers waiting to be sent; more are dropped and counted.
 const OUTBOX: usize = 16;
+
+/// Releases remembered for retries.
+const RELEASED: usize = 16;
 
 /// The highest `floor` an acquire may ask for (2⁶²): tokens stay far from overflowing.
 pub const FLOOR_MAX: u64 = 1 << 62;
@@ -155,6 +162,8 @@ pub struct Stats {
     pub renewals: u64,
     /// Releases recorded.
     pub releases: u64,
+    /// Retried releases answered again (their first answer was lost).
+    pub releases_repeated: u64,
     /// Acquires refused because the lock is held or within its guard.
     pub held: u64,
     /// Renewals and releases refused for a stale token or an ended lease.
@@ -206,6 +215,8 @@ pub struct LockServer<S, B, const LOCKS: usize, const PENDING: usize> {
     staged: bool,
     since_checkpoint: u32,
     pending_release: Option<Appended>,
+    /// The latest releases, so that a retried one gets its answer again.
+    released: Deque<(Name, u64), RELEASED>,
     /// The latest time seen: a clock read that goes back is taken as this.
     last_now: Instant,
     poisoned: bool,
@@ -253,6 +264,7 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
             staged: false,
             since_checkpoint,
             pending_release: None,
+            released: Deque::new(),
             last_now: now,
             poisoned: false,
             stats: Stats::default(),
@@ -436,10 +448,25 @@ impl<S: Storage, B: AsMut<[u8]>, const LOCKS: usize, const PENDING: usize>
     /// once. On `Err` nothing changed.
     pub fn release(&mut self, now: Instant, name: &[u8], token: u64) -> Result<(), Refusal> {
         let now = self.observe(now);
+        let repeated = self
+            .released
+            .iter()
+            .any(|(released, at)| *at == token && released.as_slice() == name);
+        if repeated {
+            // A retry of a release this server recorded (its answer was lost): the same answer.
+            self.stats.releases_repeated += 1;
+            return Ok(());
+        }
         self.fenced(name, token)?;
         let record = Record::Release(ReleaseRecord { name, token });
         self.stage(now, &record, Duration::ZERO)?;
         self.stats.releases += 1;
+        if self.released.is_full() {
+            self.released.pop_front();
+        }
+        if let Some(name) = record::name(name) {
+            let _ = self.released.push_back((name, token));
+        }
         Ok(())
     }
 

@@ -67,10 +67,12 @@
 //! Every request is retried with the same request id until answered (3 s at most). The node
 //! checks renewals and releases by token only, so a token printed by `acquire` may be renewed
 //! or released by another process. A retried `acquire` whose first answer was lost gets the
-//! same grant back (same client). A release whose answer was lost is refused as stale on its
-//! retry (the lock is gone already): when a stale refusal answers a release that was sent more
-//! than once, `release` says `released, or the lease had already ended` on stderr and exits 0;
-//! a stale refusal of a release sent once is exit status 1.
+//! same grant back (same client). A release whose answer was lost gets `Released` again on its
+//! retry while the node remembers it (its last 16 releases, in memory); past that (a node
+//! restart in between) the retry is refused as stale (the lock is gone already): when a stale
+//! refusal answers a release that was sent more than once, `release` says `released, or the
+//! lease had already ended` on stderr and exits 0; a stale refusal of a release sent once is
+//! exit status 1.
 //!
 //! # Guarantees
 //!

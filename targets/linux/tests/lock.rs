@@ -208,10 +208,10 @@ fn lock_commands_acquire_renew_release_status_wait_and_run() {
     let line = assert_one_error_line(&node.run("release", &["backup", &wrong]), 1);
     assert!(line.starts_with("error: release refused: "), "{line}");
 
-    // Release prints nothing and frees the lock; releasing again is stale.
+    // Release prints nothing and frees the lock; releasing again (a retry whose answer was
+    // lost looks the same) is answered the same while the node remembers it.
     assert_eq!(node.ok("release", &["backup", &first.to_string()]), "");
-    let line = assert_one_error_line(&node.run("release", &["backup", &first.to_string()]), 1);
-    assert!(line.contains("not held under token"), "{line}");
+    assert_eq!(node.ok("release", &["backup", &first.to_string()]), "");
     let (status, _) = node.status("backup");
     assert!(status.starts_with("free token "), "{status}");
 
