@@ -437,3 +437,104 @@ fn spec_md_states_the_envelope_overhead() {
     assert_eq!(wire::PLAINTEXT_OVERHEAD, 24);
     assert!(spec.contains("**36 bytes**") && spec.contains("**24 bytes**"));
 }
+
+/// The entries of the golden block in SPEC.md §14.1.
+fn golden_block_entries() -> Vec<(Vec<u8>, u64, bedrock::db::block::Kind, Vec<u8>)> {
+    use bedrock::db::block::Kind;
+    vec![
+        (b"apple".to_vec(), 3, Kind::Put, b"red".to_vec()),
+        (b"apple".to_vec(), 1, Kind::Delete, Vec::new()),
+        (b"apricot".to_vec(), 2, Kind::Put, Vec::new()),
+    ]
+}
+
+#[test]
+fn the_golden_block_is_what_a_builder_writes_and_reads_back() {
+    use bedrock::db::block::{Block as DbBlock, BlockBuilder, Entry};
+    let vectors = blocks(&spec(), "golden-block");
+    assert_eq!(vectors.len(), 1, "SPEC.md has one golden block");
+    let vector = &vectors[0];
+    let entries = golden_block_entries();
+    assert_eq!(vector.number("entries"), entries.len() as u64);
+    let mut buffer = [0u8; 256];
+    let mut builder = BlockBuilder::new(&mut buffer);
+    for (key, sequence, kind, value) in &entries {
+        let entry = Entry {
+            key,
+            sequence: *sequence,
+            kind: *kind,
+            value,
+        };
+        builder.add(&entry).unwrap();
+    }
+    let built = builder.finish().to_vec();
+    assert_eq!(
+        built,
+        vector.bytes,
+        "SPEC.md's block; the code writes:\n{}",
+        dump(&built)
+    );
+    let block = DbBlock::new_checked(&vector.bytes).unwrap();
+    let mut cursor = block.cursor();
+    let mut read = Vec::new();
+    while let Some(entry) = cursor.next().unwrap() {
+        read.push((
+            entry.key.to_vec(),
+            entry.sequence,
+            entry.kind,
+            entry.value.to_vec(),
+        ));
+    }
+    assert_eq!(read, entries);
+    for at in 0..vector.bytes.len() {
+        let mut damaged = vector.bytes.clone();
+        damaged[at] ^= 0x01;
+        assert!(
+            DbBlock::new_checked(&damaged).is_err(),
+            "byte {at} flipped passed"
+        );
+    }
+}
+
+#[test]
+fn the_golden_batch_record_is_what_a_batch_encodes_and_decodes_back() {
+    use bedrock::db::batch::{decode_record, encode_record, Batch};
+    use bedrock::db::block::Kind;
+    let vectors = blocks(&spec(), "golden-batch");
+    assert_eq!(vectors.len(), 1, "SPEC.md has one golden batch record");
+    let vector = &vectors[0];
+    let first = vector.number("first_sequence");
+    let mut batch = Batch::new([0u8; 64]);
+    batch.put(b"k", b"v").unwrap();
+    batch.delete(b"gone").unwrap();
+    let mut out = [0u8; 64];
+    let len = encode_record(first, batch.count(), batch.operations(), &mut out).unwrap();
+    assert_eq!(
+        out[..len],
+        vector.bytes[..],
+        "the code writes:\n{}",
+        dump(&out[..len])
+    );
+    let record = decode_record(&vector.bytes).unwrap();
+    let operations: Vec<_> = record
+        .operations()
+        .map(|op| (op.sequence, op.kind, op.key.to_vec(), op.value.to_vec()))
+        .collect();
+    assert_eq!(
+        operations,
+        [
+            (first, Kind::Put, b"k".to_vec(), b"v".to_vec()),
+            (first + 1, Kind::Delete, b"gone".to_vec(), Vec::new()),
+        ]
+    );
+}
+
+#[test]
+fn spec_md_states_the_key_hash_of_bloom_filters() {
+    let spec = spec();
+    let stated = format!("{:#018x}", bedrock::db::bloom::hash(b"bedrock"));
+    assert!(
+        spec.contains(&format!("`hash(\"bedrock\")` = `{stated}`")),
+        "SPEC.md must state hash(\"bedrock\") = {stated}"
+    );
+}
