@@ -22,7 +22,10 @@
 pub mod batch;
 pub mod block;
 pub mod bloom;
+pub mod engine;
 pub mod memtable;
 pub mod merge;
 pub mod space;
 pub mod table;
+
+pub use engine::{Config, Db};
