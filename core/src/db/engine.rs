@@ -1595,3 +1595,6 @@ fn copy_value<E>(kind: Kind, value: &[u8], out: &mut [u8]) -> Result<Option<usiz
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
