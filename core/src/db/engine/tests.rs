@@ -413,7 +413,7 @@ fn a_power_cut_at_any_sync_recovers_a_prefix_holding_every_committed_write() {
                 let mut recovered = open_cut(&crashed, config);
                 let found = state(&mut recovered);
                 assert!(
-                    candidates.iter().any(|candidate| *candidate == found),
+                    candidates.contains(&found),
                     "round {round}, cut {cut} of {pending} (only: {only}): {found:?}"
                 );
                 // Recovery can run again on what the first recovery left.
