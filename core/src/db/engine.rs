@@ -190,6 +190,12 @@ impl Config {
         )
     }
 
+    /// Reader buffer pairs: one per source of a compaction or of a scan (the memtable
+    /// aside: the level-0 tables below the trigger and one per deeper level).
+    fn readers(&self) -> usize {
+        self.ways().max(self.l0_trigger + LEVELS - 2)
+    }
+
     fn ways(&self) -> usize {
         (self.l0_trigger + 1).min(MERGE_WAYS_MAX)
     }
@@ -199,7 +205,7 @@ impl Config {
     pub fn work_len(&self, keys: usize) -> usize {
         let writer =
             self.block_size + self.index_len() + filter_buffer_len(keys, self.bits_per_key);
-        writer + self.ways() * (round_up(self.index_len(), READ_PAD) + self.data_len(keys))
+        writer + self.readers() * (round_up(self.index_len(), READ_PAD) + self.data_len(keys))
     }
 
     fn check(&self, memtable: usize, work: usize, keys: usize) -> Result<(), ConfigError> {
@@ -614,7 +620,6 @@ where
     /// storage and buffers back.
     pub fn close(mut self) -> Result<T, CommitError<L::Error>> {
         self.commit()?;
-        let _ = self.memtable.into_buffer();
         self.log.close().map_err(CommitError::Sync)?;
         Ok(self.storage)
     }
@@ -844,6 +849,8 @@ fn reader_buffers<'w>(
 /// (disjoint, in key order), or one table.
 struct LevelSource<'b, const N: usize> {
     tables: Vec<Table, N>,
+    /// Where each table's scan starts (`None`: at its first entry).
+    from: Option<&'b [u8]>,
     next: usize,
     scan: Option<TableScan<'b>>,
     spare: Option<ReaderBuffers<'b>>,
@@ -853,6 +860,7 @@ impl<'b, const N: usize> LevelSource<'b, N> {
     fn new(tables: Vec<Table, N>, buffers: ReaderBuffers<'b>) -> Self {
         Self {
             tables,
+            from: None,
             next: 0,
             scan: None,
             spare: Some(buffers),
@@ -877,7 +885,8 @@ impl<T: Storage, const N: usize> Source<T> for LevelSource<'_, N> {
             };
             self.next += 1;
             let buffers = self.spare.take().ok_or(TableError::NoSpace)?;
-            self.scan = Some(table.scan(storage, buffers, None)?);
+            let from = self.from.map(|key| (key, SEQUENCE_MAX));
+            self.scan = Some(table.scan(storage, buffers, from)?);
         }
         Ok(false)
     }
@@ -1579,6 +1588,98 @@ where
         }
     }
 }
+
+impl<L, T, B, H, const TABLES: usize> Db<L, T, B, H, TABLES>
+where
+    L: Storage,
+    T: Storage,
+    B: AsMut<[u8]> + AsRef<[u8]>,
+    H: AsMut<[u64]> + AsRef<[u64]>,
+{
+    /// Visits the newest version visible at `snapshot` of every key from `from` (inclusive)
+    /// to `to` (exclusive; `None`: to the end) in key order, tombstones skipped, until `visit`
+    /// returns `false`; the number of keys visited. Memory: one reader per level-0 table and
+    /// per deeper level in the range; more level-0 tables than [`Config::work_len`] counts
+    /// readers for (a compaction backlog) is refused with `TableError::NoSpace`.
+    pub fn scan(
+        &mut self,
+        from: &[u8],
+        to: Option<&[u8]>,
+        snapshot: u64,
+        mut visit: impl FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<usize, ReadError<T::Error>> {
+        let keys = self.hashes.as_ref().len();
+        let work = carve(self.work.as_mut(), &self.config, keys);
+        let mut readers = reader_buffers(work.readers, &self.config, keys);
+        let no_space = || ReadError::Table(TableError::NoSpace);
+        let in_range = |meta: &TableMeta| {
+            meta.largest.as_slice() >= from && to.is_none_or(|to| meta.smallest.as_slice() < to)
+        };
+        let mut uppers: Vec<LevelSource<'_, 1>, SCAN_SOURCES_MAX> = Vec::new();
+        let mut levels: Vec<LevelSource<'_, TABLES>, LEVELS> = Vec::new();
+        for level in 0..LEVELS as u8 {
+            let mut tables: Vec<(&[u8], Table), TABLES> = Vec::new();
+            for live in self.tables.iter().filter(|live| live.meta.level == level) {
+                if in_range(&live.meta) && live.meta.sequences.0 <= snapshot {
+                    let _ = tables.push((&live.meta.smallest, live.table));
+                }
+            }
+            if level == 0 {
+                for (_, table) in tables {
+                    let mut one = Vec::new();
+                    let _ = one.push(table);
+                    let mut source = LevelSource::new(one, readers.next().ok_or_else(no_space)?);
+                    source.from = Some(from);
+                    uppers.push(source).map_err(|_| no_space())?;
+                }
+            } else if !tables.is_empty() {
+                tables.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                let tables = tables.iter().map(|(_, table)| *table).collect();
+                let mut source = LevelSource::new(tables, readers.next().ok_or_else(no_space)?);
+                source.from = Some(from);
+                let _ = levels.push(source);
+            }
+        }
+        let mut memory = MemtableSource::from(&self.memtable, from, SEQUENCE_MAX);
+        let mut sources: Vec<&mut dyn Source<T>, { SCAN_SOURCES_MAX + LEVELS + 1 }> = Vec::new();
+        let _ = sources.push(&mut memory);
+        for source in uppers.iter_mut() {
+            let _ = sources.push(source);
+        }
+        for source in levels.iter_mut() {
+            let _ = sources.push(source);
+        }
+        let mut merge = Merge::new(&mut sources);
+        let mut last: Vec<u8, KEY_LEN_MAX> = Vec::new();
+        let (mut any, mut visited) = (false, 0);
+        // Bounded by the entries of the memtable and the tables.
+        while let Some(index) = merge.next(&mut self.storage).map_err(ReadError::Table)? {
+            let Some(entry) = merge.entry(index) else {
+                continue;
+            };
+            if to.is_some_and(|to| entry.key >= to) {
+                break;
+            }
+            if entry.sequence > snapshot || (any && entry.key == last.as_slice()) {
+                continue;
+            }
+            last.clear();
+            let _ = last.extend_from_slice(entry.key);
+            any = true;
+            if entry.kind == Kind::Delete {
+                continue;
+            }
+            visited += 1;
+            if !visit(entry.key, entry.value) {
+                break;
+            }
+        }
+        Ok(visited)
+    }
+}
+
+/// The most level-0 tables a scan reads.
+const SCAN_SOURCES_MAX: usize = 16;
 
 /// A memtable version's value into `out`.
 fn copy_value<E>(kind: Kind, value: &[u8], out: &mut [u8]) -> Result<Option<usize>, ReadError<E>> {

@@ -84,6 +84,7 @@ enum Op {
     Delete(u8),
     Batch(u8, u8, u8),
     Get(u8),
+    Scan(u8, u8, bool),
     Commit,
     Flush,
     Compact,
@@ -99,6 +100,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (0..KEYS).prop_map(Op::Delete),
         2 => (0..KEYS, 0..KEYS, any::<u8>()).prop_map(|(a, b, v)| Op::Batch(a, b, v)),
         2 => (0..KEYS + 2).prop_map(Op::Get),
+        1 => (0..KEYS + 2, 0..KEYS + 2, any::<bool>()).prop_map(|(a, b, open)| Op::Scan(a, b, open)),
         2 => Just(Op::Commit),
         1 => Just(Op::Flush),
         1 => Just(Op::Compact),
@@ -156,6 +158,24 @@ proptest! {
                 Op::Get(k) => {
                     let found = db.get(&key(k), &mut out).unwrap().map(|len| out[..len].to_vec());
                     prop_assert_eq!(found.as_ref(), model.get(&key(k)));
+                }
+                Op::Scan(a, b, open) => {
+                    let (from, to) = (key(a), key(b));
+                    let to = (!open).then_some(to.as_slice());
+                    let mut listed: HeapVec<(HeapVec<u8>, HeapVec<u8>)> = HeapVec::new();
+                    let visited = db
+                        .scan(&from, to, SEQUENCE_MAX, |key, value| {
+                            listed.push((key.to_vec(), value.to_vec()));
+                            true
+                        })
+                        .unwrap();
+                    let wanted: HeapVec<_> = model
+                        .iter()
+                        .filter(|(key, _)| **key >= from && to.is_none_or(|to| key.as_slice() < to))
+                        .map(|(key, value)| (key.clone(), value.clone()))
+                        .collect();
+                    prop_assert_eq!(visited, wanted.len());
+                    prop_assert_eq!(listed, wanted);
                 }
                 Op::Commit => {
                     db.commit().unwrap();
@@ -432,4 +452,47 @@ fn a_power_cut_at_any_sync_recovers_a_prefix_holding_every_committed_write() {
     assert!(stats.flushes > 3 && stats.compactions > 0, "{stats:?}");
     assert!(checked > 100, "{checked}");
     std::println!("power cuts checked: {checked}, {stats:?}");
+}
+
+#[test]
+fn a_read_at_a_snapshot_sees_the_writes_before_it_until_a_compaction() {
+    let config = config(2048);
+    let mut log_storage = std::boxed::Box::new(LogRam::new(8, 1024, 0xFF).unwrap());
+    let mut table_storage = std::boxed::Box::new(TableRam::new(8, 512, 0xFF).unwrap());
+    let (mut db, _) = Db::<_, _, _, _, TABLES_MAX>::open(
+        &mut *log_storage,
+        &mut *table_storage,
+        buffers(&config),
+        config,
+    )
+    .unwrap();
+    db.put(b"a", b"old").unwrap();
+    db.put(b"b", b"kept").unwrap();
+    db.commit().unwrap();
+    let snapshot = db.snapshot();
+    db.put(b"a", b"new").unwrap();
+    db.delete(b"b").unwrap();
+    let mut out = [0u8; 8];
+    for flush in [false, true] {
+        if flush {
+            db.flush().unwrap();
+        }
+        assert_eq!(db.get_at(b"a", snapshot, &mut out), Ok(Some(3)));
+        assert_eq!(&out[..3], b"old");
+        assert_eq!(db.get_at(b"b", snapshot, &mut out), Ok(Some(4)));
+        assert_eq!(db.get(b"b", &mut out), Ok(None));
+        let mut seen = HeapVec::new();
+        db.scan(b"a", None, snapshot, |key, value| {
+            seen.push((key.to_vec(), value.to_vec()));
+            true
+        })
+        .unwrap();
+        assert_eq!(
+            seen,
+            [
+                (b"a".to_vec(), b"old".to_vec()),
+                (b"b".to_vec(), b"kept".to_vec())
+            ]
+        );
+    }
 }
