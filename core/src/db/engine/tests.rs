@@ -24,7 +24,7 @@ fn config(segment_size: u32) -> Config {
         block_size: 256,
         bits_per_key: 10,
         l0_trigger: 3,
-        level_base: 1024,
+        level_base: 256,
         level_ratio: 2,
         seed: 7,
     }
@@ -206,6 +206,9 @@ proptest! {
             check(&mut db, &model)?;
         }
         let stats = db.stats();
+        if std::env::var("DB_STATS").is_ok() {
+            std::eprintln!("{:?} flushes {} compactions {}", stats.levels.map(|level| level.tables), stats.flushes, stats.compactions);
+        }
         prop_assert!(stats.levels.iter().map(|level| level.tables).sum::<usize>() <= TABLES_MAX);
     }
 }
@@ -494,5 +497,30 @@ fn a_read_at_a_snapshot_sees_the_writes_before_it_until_a_compaction() {
                 (b"b".to_vec(), b"kept".to_vec())
             ]
         );
+    }
+}
+
+#[test]
+fn a_memtable_too_small_for_the_log_tail_is_a_clear_error() {
+    let config = config(2048);
+    let mut log_storage = std::boxed::Box::new(LogRam::new(8, 1024, 0xFF).unwrap());
+    let mut table_storage = std::boxed::Box::new(TableRam::new(8, 512, 0xFF).unwrap());
+    let (mut db, _) = Db::<_, _, _, _, TABLES_MAX>::open(
+        &mut *log_storage,
+        &mut *table_storage,
+        buffers(&config),
+        config,
+    )
+    .unwrap();
+    for index in 0..12 {
+        db.put(&key(index), &[index; 20]).unwrap();
+    }
+    db.commit().unwrap();
+    assert_eq!(db.stats().flushes, 0);
+    let (l, t, mut b) = db.into_parts();
+    b.memtable = std::vec![0; 512];
+    match Db::<_, _, _, _, TABLES_MAX>::open(l, t, b, config) {
+        Err(OpenError::Log(log::OpenError::Visitor(Replay::MemtableFull { .. }))) => {}
+        other => panic!("{:?}", other.map(|_| ())),
     }
 }
