@@ -46,20 +46,27 @@
 //!   [`MERGE_WAYS_MAX`]` - 1`) are merged with the level-1 tables they overlap into new level-1
 //!   tables; when level `i ≥ 1` holds more than `level_base · ratio^(i-1)` bytes, its oldest
 //!   table is merged with the level-`i+1` tables it overlaps (or moved down when none). A
-//!   compaction keeps only the newest version of each key, and drops tombstones when no deeper
-//!   level holds the key range. Tables never split a key's versions, so the tables of a level
+//!   compaction keeps of each key the newest version the present and each pinned snapshot
+//!   see, and drops a tombstone older than every pinned snapshot when no deeper level holds
+//!   the key range. Tables never split a key's versions, so the tables of a level
 //!   `≥ 1` have disjoint key ranges.
+//! - [`Db::scan`] merges the memtable and the tables in a key range into the newest visible
+//!   version of each key, tombstones skipped, at a snapshot.
 //!
 //! # What it does not guarantee (yet)
 //!
-//! - Snapshots pin nothing: [`Db::get_at`] at a snapshot is exact only until the next
-//!   compaction, which keeps only the newest version of each key.
-//! - Range scans over the engine are not built yet (the pieces — [`merge`](super::merge),
-//!   [`TableScan`] — are).
+//! - Snapshots: reads at a [`Db::snapshot`] are exact while it is pinned ([`Db::pin`], up to
+//!   [`SNAPSHOTS_MAX`]); an unpinned one only until the next compaction. Pins do not survive
+//!   a restart.
 //! - Statistics count since the last open.
 //! - Memory: the engine holds the metadata of `TABLES` tables (two keys of up to
 //!   [`KEY_LEN_MAX`] bytes each); recovery holds that twice for a moment, and a compaction
-//!   holds one [`Table`] handle per level table it merges.
+//!   holds one [`Table`] handle per level table it merges, a scan one per table in its range.
+//! - Sizing is the caller's: the log must have room for the tail between flushes (a write
+//!   flushes first when at most one log segment is free), the table storage for the live
+//!   tables plus one compaction's output, and `TABLES` for the live tables plus one
+//!   compaction's output; when not, flushes and compactions fail with
+//!   [`FlushError::NoSpace`] and change nothing.
 
 use heapless::Vec;
 use serde::{Deserialize, Serialize};
@@ -85,6 +92,8 @@ pub const KIND_EDIT: u8 = 97;
 pub const KIND_CHECKPOINT: u8 = 98;
 /// Levels: 0 (flushed tables, overlapping) to `LEVELS - 1` (the last).
 pub const LEVELS: usize = 7;
+/// The most snapshots pinned at once.
+pub const SNAPSHOTS_MAX: usize = 8;
 /// The most sources one compaction merges (level-0 tables plus the next level).
 pub const MERGE_WAYS_MAX: usize = 8;
 
@@ -488,6 +497,8 @@ pub struct Db<L: Storage, T: Storage, B, H, const TABLES: usize> {
     next_sequence: u64,
     flushed_through: u64,
     committed: u64,
+    /// Pinned snapshots, ascending (duplicates allowed).
+    snapshots: Vec<u64, SNAPSHOTS_MAX>,
     /// Whether batches were appended since the last sync.
     staged: bool,
     poisoned: bool,
@@ -596,6 +607,7 @@ where
             next_sequence,
             flushed_through,
             committed: next_sequence - 1,
+            snapshots: Vec::new(),
             staged: false,
             poisoned: false,
             stats: Stats::default(),
@@ -646,9 +658,30 @@ where
     }
 
     /// The highest sequence number committed (0: none): reads at it see every committed
-    /// write. Stable until the next compaction (snapshots pin nothing yet).
+    /// write. Stable until the next compaction unless pinned ([`Db::pin`]).
     pub fn snapshot(&self) -> u64 {
         self.committed
+    }
+
+    /// Pins the current [`Db::snapshot`]: compactions keep every version reads at it see,
+    /// until [`Db::unpin`]. Pins live in memory and end with the engine (a restart drops
+    /// them). `None` when [`SNAPSHOTS_MAX`] are pinned (nothing changed).
+    pub fn pin(&mut self) -> Option<u64> {
+        let snapshot = self.committed;
+        let at = self.snapshots.partition_point(|&pinned| pinned <= snapshot);
+        self.snapshots.insert(at, snapshot).ok()?;
+        Some(snapshot)
+    }
+
+    /// Unpins one pin of `snapshot`; whether it was pinned.
+    pub fn unpin(&mut self, snapshot: u64) -> bool {
+        match self.snapshots.iter().position(|&pinned| pinned == snapshot) {
+            Some(at) => {
+                self.snapshots.remove(at);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The sequence number the next write's first operation gets.
@@ -896,14 +929,26 @@ impl<T: Storage, const N: usize> Source<T> for LevelSource<'_, N> {
     }
 }
 
-/// A compaction's merged input: the newest version of each key only, and no tombstones when
-/// no deeper level may hold an older version.
+/// A compaction's merged input: of each key, the newest version each pinned snapshot (and the
+/// present) sees; tombstones older than every pinned snapshot dropped when no deeper level may
+/// hold an older version.
 struct Compacting<'m, 's, T: Storage> {
     merge: Merge<'m, 's, T>,
     current: Option<usize>,
     last: Vec<u8, KEY_LEN_MAX>,
     any: bool,
+    /// The stripe of the version of `last` kept last.
+    last_stripe: usize,
+    /// Pinned snapshots, ascending.
+    snapshots: Vec<u64, SNAPSHOTS_MAX>,
     drop_tombstones: bool,
+}
+
+/// Which readers see a version: the first pinned snapshot at or above its sequence number
+/// (the index), or none but the present (the count). Of the versions of a key in one stripe,
+/// readers see only the newest.
+fn stripe(snapshots: &[u64], sequence: u64) -> usize {
+    snapshots.partition_point(|&snapshot| snapshot < sequence)
 }
 
 impl<T: Storage> Source<T> for Compacting<'_, '_, T> {
@@ -917,15 +962,20 @@ impl<T: Storage> Source<T> for Compacting<'_, '_, T> {
             let Some(entry) = self.merge.entry(index) else {
                 continue;
             };
-            if self.any && entry.key == self.last.as_slice() {
-                continue; // an older version of the key just kept
+            let stripe = stripe(&self.snapshots, entry.sequence);
+            let same_key = self.any && entry.key == self.last.as_slice();
+            if same_key && stripe == self.last_stripe {
+                continue; // hidden by a newer version from every reader
             }
-            self.last.clear();
-            // Fits: keys are at most KEY_LEN_MAX long.
-            let _ = self.last.extend_from_slice(entry.key);
-            self.any = true;
-            if entry.kind == Kind::Delete && self.drop_tombstones {
-                continue;
+            if !same_key {
+                self.last.clear();
+                // Fits: keys are at most KEY_LEN_MAX long.
+                let _ = self.last.extend_from_slice(entry.key);
+                self.any = true;
+            }
+            self.last_stripe = stripe;
+            if entry.kind == Kind::Delete && self.drop_tombstones && stripe == 0 {
+                continue; // older than every snapshot, and nothing older below it
             }
             self.current = Some(index);
             return Ok(true);
@@ -1488,6 +1538,8 @@ where
             current: None,
             last: Vec::new(),
             any: false,
+            last_stripe: 0,
+            snapshots: self.snapshots.clone(),
             drop_tombstones,
         };
         let mut output = Output {

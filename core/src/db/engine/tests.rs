@@ -3,6 +3,7 @@ use crate::storage::{Partition, RamStorage};
 use crate::testing::{Flaky, Unordered};
 use proptest::prelude::*;
 use std::collections::BTreeMap;
+use std::vec;
 use std::vec::Vec as HeapVec;
 
 type LogRam = RamStorage<{ 32 << 10 }>;
@@ -88,6 +89,10 @@ enum Op {
     Commit,
     Flush,
     Compact,
+    /// Pin the current snapshot.
+    Pin,
+    /// Unpin the pin at this index (modulo the pins).
+    Unpin(usize),
     /// Commit, then reopen: every write survives.
     Reopen,
     /// Reopen without a commit: what was not committed may be lost, batch by batch.
@@ -104,6 +109,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Commit),
         1 => Just(Op::Flush),
         1 => Just(Op::Compact),
+        1 => Just(Op::Pin),
+        1 => any::<usize>().prop_map(Op::Unpin),
         1 => Just(Op::Reopen),
         1 => Just(Op::Crash),
     ]
@@ -124,10 +131,18 @@ proptest! {
         // The model after each write since the last commit, the committed one first.
         let mut since_commit: HeapVec<Model> = std::vec![Model::new()];
         let mut last_sequence = 0u64;
+        // The model after each write, by its last sequence number; the pinned snapshots and
+        // what they see.
+        let mut history: HeapVec<(u64, Model)> = std::vec![(0, Model::new())];
+        let mut pins: HeapVec<(u64, Model)> = HeapVec::new();
         let mut out = [0u8; 64];
         let (l, t, b) = parts.take().unwrap();
         let mut db = Db::<_, _, _, _, TABLES_MAX>::open(l, t, b, config).unwrap().0;
         for op in ops {
+            let op_kind = match op {
+                Op::Put(..) | Op::Delete(_) | Op::Batch(..) => 0,
+                _ => 1,
+            };
             match op {
                 Op::Put(k, v, n) => {
                     let value = std::vec![v; n];
@@ -187,6 +202,18 @@ proptest! {
                     since_commit = std::vec![model.clone()];
                 }
                 Op::Compact => db.compact().unwrap(),
+                Op::Pin => {
+                    if let Some(snapshot) = db.pin() {
+                        let seen = history.iter().rev().find(|(sequence, _)| *sequence <= snapshot).unwrap();
+                        pins.push((snapshot, seen.1.clone()));
+                    }
+                }
+                Op::Unpin(index) => {
+                    if !pins.is_empty() {
+                        let (snapshot, _) = pins.remove(index % pins.len());
+                        prop_assert!(db.unpin(snapshot));
+                    }
+                }
                 Op::Reopen | Op::Crash => {
                     if matches!(op, Op::Reopen) {
                         db.commit().unwrap();
@@ -199,11 +226,22 @@ proptest! {
                     prop_assert!(at.is_some(), "recovered {:?}, not a prefix of {:?}", recovered, since_commit);
                     model = recovered;
                     since_commit = std::vec![model.clone()];
+                    pins.clear();
+                    history = std::vec![(db.next_sequence() - 1, model.clone())];
                     prop_assert!(db.next_sequence() > db.snapshot());
                     last_sequence = last_sequence.min(db.next_sequence() - 1);
                 }
             }
+            if matches!(op_kind, 0) {
+                history.push((last_sequence, model.clone()));
+            }
             check(&mut db, &model)?;
+            for (snapshot, seen) in &pins {
+                for index in 0..KEYS {
+                    let found = db.get_at(&key(index), *snapshot, &mut out).unwrap().map(|len| out[..len].to_vec());
+                    prop_assert_eq!(found.as_ref(), seen.get(&key(index)), "key {} at {}", index, snapshot);
+                }
+            }
         }
         let stats = db.stats();
         if std::env::var("DB_STATS").is_ok() {
