@@ -429,7 +429,7 @@ fn a_power_cut_at_any_sync_recovers_a_prefix_holding_every_committed_write() {
         random
     };
     let mut checked = 0;
-    for round in 0..40u32 {
+    for round in 0..100u32 {
         storage.0.borrow_mut().syncs.clear();
         let committed_before = db.snapshot();
         let writes = 1 + next() % 6;
