@@ -628,8 +628,8 @@ where
         (log_storage, self.storage, buffers)
     }
 
-    /// Commits and marks a clean shutdown of the log (see [`Log::close`]); gives the table
-    /// storage and buffers back.
+    /// Commits and marks a clean shutdown of the log (see [`Log::close`], which drops the log
+    /// storage: lend it as `&mut`); gives the table storage back.
     pub fn close(mut self) -> Result<T, CommitError<L::Error>> {
         self.commit()?;
         self.log.close().map_err(CommitError::Sync)?;
@@ -1664,6 +1664,7 @@ where
         let work = carve(self.work.as_mut(), &self.config, keys);
         let mut readers = reader_buffers(work.readers, &self.config, keys);
         let no_space = || ReadError::Table(TableError::NoSpace);
+        let start = &from[..from.len().min(KEY_LEN_MAX)];
         let in_range = |meta: &TableMeta| {
             meta.largest.as_slice() >= from && to.is_none_or(|to| meta.smallest.as_slice() < to)
         };
@@ -1681,18 +1682,18 @@ where
                     let mut one = Vec::new();
                     let _ = one.push(table);
                     let mut source = LevelSource::new(one, readers.next().ok_or_else(no_space)?);
-                    source.from = Some(from);
+                    source.from = Some(start);
                     uppers.push(source).map_err(|_| no_space())?;
                 }
             } else if !tables.is_empty() {
                 tables.sort_unstable_by(|a, b| a.0.cmp(b.0));
                 let tables = tables.iter().map(|(_, table)| *table).collect();
                 let mut source = LevelSource::new(tables, readers.next().ok_or_else(no_space)?);
-                source.from = Some(from);
+                source.from = Some(start);
                 let _ = levels.push(source);
             }
         }
-        let mut memory = MemtableSource::from(&self.memtable, from, SEQUENCE_MAX);
+        let mut memory = MemtableSource::from(&self.memtable, start, SEQUENCE_MAX);
         let mut sources: Vec<&mut dyn Source<T>, { SCAN_SOURCES_MAX + LEVELS + 1 }> = Vec::new();
         let _ = sources.push(&mut memory);
         for source in uppers.iter_mut() {
@@ -1709,6 +1710,9 @@ where
             let Some(entry) = merge.entry(index) else {
                 continue;
             };
+            if entry.key < from {
+                continue; // behind a `from` longer than any key, cut to seek
+            }
             if to.is_some_and(|to| entry.key >= to) {
                 break;
             }
