@@ -573,11 +573,15 @@ where
         let mut space = Space::new(blocks);
         let mut tables = Vec::new();
         let mut next_sequence = next_sequence;
-        for meta in metas {
+        // The whole manifest first: damage there is reported before damage in a table.
+        for meta in &metas {
             let first_block = meta.first_block;
             space
                 .take(meta.run())
                 .map_err(|_| OpenError::Manifest { first_block })?;
+        }
+        for meta in metas {
+            let first_block = meta.first_block;
             let start = u64::from(first_block) * u64::from(geometry.erase_size);
             let fits = meta.len <= u64::from(meta.blocks) * u64::from(geometry.erase_size);
             let table = if fits {

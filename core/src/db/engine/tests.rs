@@ -562,3 +562,51 @@ fn a_memtable_too_small_for_the_log_tail_is_a_clear_error() {
         other => panic!("{:?}", other.map(|_| ())),
     }
 }
+
+#[test]
+fn a_manifest_naming_overlapping_runs_or_unknown_records_is_refused() {
+    let config = config(2048);
+    let meta = |first_block: u32, blocks: u32| TableMeta {
+        first_block,
+        blocks,
+        len: 512,
+        level: 1,
+        entries: 1,
+        sequences: (1, 1),
+        smallest: heapless::Vec::from_slice(b"a").unwrap(),
+        largest: heapless::Vec::from_slice(b"b").unwrap(),
+    };
+    for (kind, expect_overlap) in [(KIND_CHECKPOINT, true), (120u8, false)] {
+        let mut log_storage = std::boxed::Box::new(LogRam::new(8, 1024, 0xFF).unwrap());
+        let mut table_storage = std::boxed::Box::new(TableRam::new(8, 512, 0xFF).unwrap());
+        let log_config = log::Config {
+            payload_max: config.log_payload_max(TABLES_MAX),
+            ..config.log
+        };
+        let (mut log, _) = Log::open(&mut *log_storage, std::vec![0u8; 4096], log_config, |_| {
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        log.append(kind, |area| {
+            let mut at = postcard_into(&(5u64, 4u64, 2u32), area, 0)?;
+            at = postcard_into(&meta(3, 4), area, at)?;
+            postcard_into(&meta(6, 2), area, at)
+        })
+        .unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let opened = Db::<_, _, _, _, TABLES_MAX>::open(
+            &mut *log_storage,
+            &mut *table_storage,
+            buffers(&config),
+            config,
+        );
+        match opened {
+            Err(OpenError::Manifest { first_block: 6 }) if expect_overlap => {}
+            Err(OpenError::Log(log::OpenError::Visitor(Replay::Record(
+                ReplayError::UnknownKind { kind: 120, .. },
+            )))) if !expect_overlap => {}
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+}
