@@ -56,8 +56,9 @@
 //! # What it does not guarantee (yet)
 //!
 //! - Snapshots: reads at a [`Db::snapshot`] are exact while it is pinned ([`Db::pin`], up to
-//!   [`SNAPSHOTS_MAX`]); an unpinned one only until the next compaction. Pins do not survive
-//!   a restart.
+//!   [`SNAPSHOTS_MAX`]); an unpinned one only until the next flush or compaction (both keep,
+//!   of each key, only the versions the present and the pinned snapshots see). Pins do not
+//!   survive a restart.
 //! - Statistics count since the last open.
 //! - Memory: the engine holds the metadata of `TABLES` tables (two keys of up to
 //!   [`KEY_LEN_MAX`] bytes each); recovery holds that twice for a moment, and a compaction
@@ -185,9 +186,17 @@ impl Config {
         self.log.payload_max.max(needed)
     }
 
+    /// The most data bytes of one table: the target, then the rest of the last key's
+    /// versions (at most one per pinned snapshot and the present: flushes and compactions
+    /// drop the others), each block padded.
+    fn table_data_max(&self) -> u64 {
+        let entry = (self.key_len_max + self.value_len_max + ENTRY_OVERHEAD) as u64;
+        self.table_size + 2 * (SNAPSHOTS_MAX as u64 + 1) * entry
+    }
+
     fn index_len(&self) -> usize {
         let block = self.block_size.max(1) as u64;
-        let blocks = (4 * self.table_size / block + 4) as usize;
+        let blocks = (4 * self.table_data_max() / block + 4) as usize;
         blocks * (self.key_len_max + 2 * 10 + ENTRY_OVERHEAD) + 16
     }
 
@@ -662,7 +671,7 @@ where
     }
 
     /// The highest sequence number committed (0: none): reads at it see every committed
-    /// write. Stable until the next compaction unless pinned ([`Db::pin`]).
+    /// write. Stable until the next flush or compaction unless pinned ([`Db::pin`]).
     pub fn snapshot(&self) -> u64 {
         self.committed
     }
@@ -1014,7 +1023,11 @@ impl<T: Storage, const TABLES: usize> Output<'_, T, TABLES> {
     ) -> Result<u64, FlushError<LE, T::Error>> {
         let mut more = input.advance(self.storage).map_err(FlushError::Table)?;
         let config = self.config;
-        let run_bytes = config.table_size
+        let block = config.block_size.max(1) as u64;
+        let padding = (4 * config.table_data_max() / block + 4)
+            * u64::from(self.storage.geometry().write_size);
+        let run_bytes = config.table_data_max()
+            + padding
             + (config.block_size + config.index_len() + self.work.filter.len()) as u64
             + (4 * WRITE_SIZE_MAX + FOOTER_LEN) as u64;
         let blocks = u32::try_from(run_bytes.div_ceil(self.erase_size)).unwrap_or(u32::MAX);
@@ -1270,7 +1283,19 @@ where
                 config: &self.config,
                 erase_size: self.erase_size,
             };
-            let mut source = MemtableSource::new(&self.memtable);
+            // Versions no reader can see (older ones of a key in the same snapshot stripe)
+            // are dropped here already: a hot key's versions stay within one table.
+            let mut memory = MemtableSource::new(&self.memtable);
+            let mut sources: [&mut dyn Source<T>; 1] = [&mut memory];
+            let mut source = Compacting {
+                merge: Merge::new(&mut sources),
+                current: None,
+                last: Vec::new(),
+                any: false,
+                last_stripe: 0,
+                snapshots: self.snapshots.clone(),
+                drop_tombstones: false,
+            };
             match output.write(&mut source, 0) {
                 Ok(written) => self.stats.table_bytes += written,
                 Err(error) => {

@@ -496,7 +496,7 @@ fn a_power_cut_at_any_sync_recovers_a_prefix_holding_every_committed_write() {
 }
 
 #[test]
-fn a_read_at_a_snapshot_sees_the_writes_before_it_until_a_compaction() {
+fn a_read_at_a_pinned_snapshot_sees_the_writes_before_it_through_flushes_and_compactions() {
     let config = config(2048);
     let mut log_storage = std::boxed::Box::new(LogRam::new(8, 1024, 0xFF).unwrap());
     let mut table_storage = std::boxed::Box::new(TableRam::new(8, 512, 0xFF).unwrap());
@@ -510,13 +510,15 @@ fn a_read_at_a_snapshot_sees_the_writes_before_it_until_a_compaction() {
     db.put(b"a", b"old").unwrap();
     db.put(b"b", b"kept").unwrap();
     db.commit().unwrap();
-    let snapshot = db.snapshot();
+    let snapshot = db.pin().unwrap();
     db.put(b"a", b"new").unwrap();
     db.delete(b"b").unwrap();
     let mut out = [0u8; 8];
-    for flush in [false, true] {
-        if flush {
+    for round in 0..4 {
+        if round > 0 {
+            db.put(b"c", &[round; 20]).unwrap();
             db.flush().unwrap();
+            db.compact().unwrap();
         }
         assert_eq!(db.get_at(b"a", snapshot, &mut out), Ok(Some(3)));
         assert_eq!(&out[..3], b"old");
@@ -609,4 +611,27 @@ fn a_manifest_naming_overlapping_runs_or_unknown_records_is_refused() {
             other => panic!("{:?}", other.map(|_| ())),
         }
     }
+}
+
+#[test]
+fn a_hot_key_flushes_as_one_version_per_reader() {
+    let config = config(2048);
+    let mut log_storage = std::boxed::Box::new(LogRam::new(8, 1024, 0xFF).unwrap());
+    let mut table_storage = std::boxed::Box::new(TableRam::new(8, 512, 0xFF).unwrap());
+    let buffers = Buffers {
+        memtable: std::vec![0; 32 << 10],
+        ..buffers(&config)
+    };
+    let (mut db, _) =
+        Db::<_, _, _, _, TABLES_MAX>::open(&mut *log_storage, &mut *table_storage, buffers, config)
+            .unwrap();
+    for round in 0..300u32 {
+        db.put(b"hot", &round.to_le_bytes().repeat(6)).unwrap();
+    }
+    db.flush().unwrap();
+    let entries: u64 = db.tables().map(|meta| meta.entries).sum();
+    assert_eq!(entries, 1);
+    let mut out = [0u8; 32];
+    assert_eq!(db.get(b"hot", &mut out), Ok(Some(24)));
+    assert_eq!(&out[..4], &299u32.to_le_bytes());
 }
