@@ -635,3 +635,42 @@ fn a_hot_key_flushes_as_one_version_per_reader() {
     assert_eq!(db.get(b"hot", &mut out), Ok(Some(24)));
     assert_eq!(&out[..4], &299u32.to_le_bytes());
 }
+
+#[test]
+fn a_flush_whose_table_writes_fail_changes_nothing_and_a_later_one_succeeds() {
+    let config = config(2048);
+    let mut log_storage = std::boxed::Box::new(LogRam::new(8, 1024, 0xFF).unwrap());
+    let table_storage = Flaky::<{ 128 << 10 }> {
+        inner: TableRam::new(8, 512, 0xFF).unwrap(),
+        fail_writes: false,
+    };
+    let (mut db, _) = Db::<_, _, _, _, TABLES_MAX>::open(
+        &mut *log_storage,
+        table_storage,
+        buffers(&config),
+        config,
+    )
+    .unwrap();
+    let mut model = Model::new();
+    for index in 0..10 {
+        db.put(&key(index), &[index; 10]).unwrap();
+        model.insert(key(index), std::vec![index; 10]);
+    }
+    db.table_storage_mut().fail_writes = true;
+    assert!(matches!(
+        db.flush(),
+        Err(FlushError::Table(TableError::Storage(_)))
+    ));
+    assert!(!db.is_poisoned());
+    assert_eq!(db.tables().count(), 0);
+    check(&mut db, &model).unwrap();
+    db.table_storage_mut().fail_writes = false;
+    db.flush().unwrap();
+    assert_eq!(db.stats().memtable_entries, 0);
+    check(&mut db, &model).unwrap();
+    let (l, t, b) = db.into_parts();
+    let mut db = Db::<_, _, _, _, TABLES_MAX>::open(l, t, b, config)
+        .unwrap()
+        .0;
+    check(&mut db, &model).unwrap();
+}
