@@ -577,35 +577,11 @@ where
             flushed_through,
             ..
         } = replayed;
-        let blocks =
-            u32::try_from(geometry.capacity / u64::from(geometry.erase_size)).unwrap_or(u32::MAX);
-        let mut space = Space::new(blocks);
-        let mut tables = Vec::new();
-        let mut next_sequence = next_sequence;
-        // The whole manifest first: damage there is reported before damage in a table.
-        for meta in &metas {
-            let first_block = meta.first_block;
-            space
-                .take(meta.run())
-                .map_err(|_| OpenError::Manifest { first_block })?;
-        }
-        for meta in metas {
-            let first_block = meta.first_block;
-            let start = u64::from(first_block) * u64::from(geometry.erase_size);
-            let fits = meta.len <= u64::from(meta.blocks) * u64::from(geometry.erase_size);
-            let table = if fits {
-                Table::open(&mut table_storage, start, meta.len)
-            } else {
-                Err(TableError::Corrupt {
-                    offset: start,
-                    what: "footer",
-                })
-            }
-            .map_err(|error| OpenError::Table { first_block, error })?;
-            next_sequence = next_sequence.max(meta.sequences.1.saturating_add(1));
-            // Fits: as many as the manifest held.
-            let _ = tables.push(Live { meta, table });
-        }
+        let (space, tables) = open_tables(&mut table_storage, metas)?;
+        let next_sequence = tables
+            .iter()
+            .map(|live| live.meta.sequences.1.saturating_add(1))
+            .fold(next_sequence, u64::max);
         let db = Self {
             log,
             storage: table_storage,
@@ -808,6 +784,42 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>, const TABLES: usize> Replayed<'_, B, TABLES> 
         }
         Ok(())
     }
+}
+
+/// The live tables of a replayed manifest: their runs taken (all of them before any footer
+/// is read, so that damage to the manifest is reported first), their footers opened.
+#[allow(clippy::type_complexity)]
+fn open_tables<LE, T: Storage, const TABLES: usize>(
+    storage: &mut T,
+    metas: Vec<TableMeta, TABLES>,
+) -> Result<(Space<TABLES>, Vec<Live, TABLES>), OpenError<LE, T::Error>> {
+    let geometry = storage.geometry();
+    let erase_size = u64::from(geometry.erase_size);
+    let blocks = u32::try_from(geometry.capacity / erase_size).unwrap_or(u32::MAX);
+    let mut space = Space::new(blocks);
+    for meta in &metas {
+        let first_block = meta.first_block;
+        space
+            .take(meta.run())
+            .map_err(|_| OpenError::Manifest { first_block })?;
+    }
+    let mut tables = Vec::new();
+    for meta in metas {
+        let first_block = meta.first_block;
+        let start = u64::from(first_block) * erase_size;
+        let table = if meta.len <= u64::from(meta.blocks) * erase_size {
+            Table::open(storage, start, meta.len)
+        } else {
+            Err(TableError::Corrupt {
+                offset: start,
+                what: "footer",
+            })
+        }
+        .map_err(|error| OpenError::Table { first_block, error })?;
+        // Fits: as many as the manifest held.
+        let _ = tables.push(Live { meta, table });
+    }
+    Ok((space, tables))
 }
 
 /// One [`TableMeta`] off the front of `bytes`, checked.
