@@ -674,3 +674,16 @@ fn a_flush_whose_table_writes_fail_changes_nothing_and_a_later_one_succeeds() {
         .0;
     check(&mut db, &model).unwrap();
 }
+
+#[test]
+fn records_match_the_bytes_in_the_spec() {
+    let mut batch = Batch::new(std::vec![0u8; 16]);
+    batch.put(b"a", b"1").unwrap();
+    let mut out = [0u8; 16];
+    let len = batch::encode_record(1, 1, batch.operations(), &mut out).unwrap();
+    assert_eq!(&out[..len], [0x01, 0x01, 0x00, 0x01, 0x61, 0x01, 0x31]);
+    let len = encode_checkpoint(&mut out, 1, 0, &[]).unwrap();
+    assert_eq!(&out[..len], [0x01, 0x00, 0x00]);
+    let len = encode_edit(&mut out, &[3], &[]).unwrap();
+    assert_eq!(&out[..len], [0x00, 0x01, 0x00, 0x03]);
+}
