@@ -122,8 +122,11 @@ proptest! {
     #[test]
     fn the_database_matches_a_sorted_map_through_flushes_compactions_and_reopens(
         ops in proptest::collection::vec(op(), 1..300),
+        segment_size in prop_oneof![Just(2048u32), Just(8192)],
     ) {
-        let config = config(2048);
+        // 16 log segments, or 4 (flushes then come from a full log as often as from a full
+        // memtable).
+        let config = config(segment_size);
         let mut log_storage = std::boxed::Box::new(LogRam::new(8, 1024, 0xFF).unwrap());
         let mut table_storage = std::boxed::Box::new(TableRam::new(8, 512, 0xFF).unwrap());
         let mut parts = Some((&mut *log_storage, &mut *table_storage, buffers(&config)));
@@ -253,9 +256,18 @@ proptest! {
 
 #[test]
 fn a_long_run_compacts_into_deeper_levels_and_keeps_the_log_and_tables_bounded() {
+    long_run(2048);
+}
+
+#[test]
+fn a_long_run_on_a_log_of_four_segments_never_fills_it() {
+    long_run(8192);
+}
+
+fn long_run(segment_size: u32) {
     let config = Config {
         level_base: 256,
-        ..config(2048)
+        ..config(segment_size)
     };
     let mut log_storage = std::boxed::Box::new(LogRam::new(8, 1024, 0xFF).unwrap());
     let mut table_storage = std::boxed::Box::new(TableRam::new(8, 512, 0xFF).unwrap());
