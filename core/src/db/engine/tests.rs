@@ -472,7 +472,7 @@ fn a_power_cut_at_any_sync_recovers_a_prefix_holding_every_committed_write() {
             let pending = image.pending.len();
             // A sample of the cuts: nothing landed, each one alone or all but one (spread),
             // everything landed.
-            let step = (pending / 6).max(1);
+            let step = (pending / 16).max(1);
             let mut cuts: HeapVec<(usize, bool)> = (0..pending)
                 .step_by(step)
                 .flat_map(|cut| [(cut, true), (cut, false)])
