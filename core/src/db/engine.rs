@@ -1270,7 +1270,7 @@ where
     }
 
     /// Flushes the memtable to level-0 tables (committing first), then compacts while a
-    /// compaction is due.
+    /// compaction is due. An `Err` from the compaction comes after a flush that is done.
     pub fn flush(&mut self) -> Result<(), FlushError<L::Error, T::Error>> {
         self.flush_tables()?;
         self.compact()
