@@ -61,6 +61,17 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Batch<B> {
         &self.buffer.as_ref()[..self.len]
     }
 
+    /// The operations, in order: kind, key and value (empty for a delete).
+    pub fn iter(&self) -> impl Iterator<Item = (Kind, &[u8], &[u8])> + '_ {
+        let mut rest = self.operations();
+        core::iter::from_fn(move || {
+            // Encoded by `push`, so every operation decodes.
+            let (raw, used) = operation(rest)?;
+            rest = &rest[used..];
+            Some(raw)
+        })
+    }
+
     /// Empties the batch.
     pub fn clear(&mut self) {
         self.len = 0;

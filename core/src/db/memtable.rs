@@ -40,6 +40,12 @@ pub struct Memtable<B> {
     payload: usize,
 }
 
+/// The most bytes one version of `key_len` and `value_len` bytes takes in the buffer (a node of
+/// the greatest height): a bound that holds whatever heights the generator draws.
+pub fn node_len_max(key_len: usize, value_len: usize) -> usize {
+    node_len(HEIGHT_MAX, key_len, value_len)
+}
+
 fn node_len(height: usize, key_len: usize, value_len: usize) -> usize {
     (HEAD_LEN + 4 * height + key_len + value_len).div_ceil(4) * 4
 }
@@ -72,6 +78,11 @@ impl<B: AsMut<[u8]> + AsRef<[u8]>> Memtable<B> {
         self.used = head;
         self.entries = 0;
         self.payload = 0;
+    }
+
+    /// Gives the buffer back.
+    pub fn into_buffer(self) -> B {
+        self.buffer
     }
 
     /// Entries held.

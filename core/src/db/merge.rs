@@ -69,15 +69,15 @@ impl<S: Storage, B: AsMut<[u8]> + AsRef<[u8]>> Source<S> for MemtableSource<'_, 
 }
 
 /// A merge of sorted sources; see the [module docs](self).
-pub struct Merge<'m, S: Storage> {
-    sources: &'m mut [&'m mut dyn Source<S>],
+pub struct Merge<'m, 's, S: Storage> {
+    sources: &'m mut [&'s mut dyn Source<S>],
     /// Whether each source was started (advanced once).
     started: bool,
     /// The source whose entry was handed out last: moved on at the next call.
     taken: Option<usize>,
 }
 
-impl<S: Storage> core::fmt::Debug for Merge<'_, S> {
+impl<S: Storage> core::fmt::Debug for Merge<'_, '_, S> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Merge")
             .field("sources", &self.sources.len())
@@ -86,9 +86,9 @@ impl<S: Storage> core::fmt::Debug for Merge<'_, S> {
     }
 }
 
-impl<'m, S: Storage> Merge<'m, S> {
+impl<'m, 's, S: Storage> Merge<'m, 's, S> {
     /// A merge of `sources`, none of them advanced yet.
-    pub fn new(sources: &'m mut [&'m mut dyn Source<S>]) -> Self {
+    pub fn new(sources: &'m mut [&'s mut dyn Source<S>]) -> Self {
         Self {
             sources,
             started: false,

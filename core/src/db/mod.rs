@@ -1,6 +1,13 @@
 //! The embedded database (Q10, issue 7): a log-structured merge tree over [`Storage`].
 //!
-//! Work in progress. Built so far, each with its format in its module docs and tests:
+//! The engine is [`Db`] (in [`engine`]): writes as batches appended to a write-ahead log
+//! (group commit: one sync per [`Db::commit`]), a memtable flushed into level-0 tables,
+//! leveled compaction, recovery by replaying the log's tail, point reads, snapshot reads and
+//! scans. The log storage holds one [`Log`](crate::log::Log): the WAL and the manifest (its
+//! EDIT and CHECKPOINT records); the table storage holds the tables, in runs of erase blocks.
+//! [`engine`]'s docs give the record formats and what is guaranteed after a crash.
+//!
+//! The pieces, each with its format in its module docs and tests:
 //!
 //! - [`batch`] — write batches, all or nothing, as one record of the write-ahead log;
 //! - [`block`] — sorted blocks of entries (key, sequence number, put or delete, value) with
@@ -13,16 +20,18 @@
 //!   one pass into a byte range of a storage; point lookups at a sequence number; every part
 //!   checked by its own CRC, damage reported with its position; scans from a position.
 //!
-//! Still to come: the engine itself over the storage log (the WAL,
-//! which also carries the manifest's edits and checkpoints), flushes, leveled compaction,
-//! snapshots, scans and the `bedrock db` commands.
+//! The engine's log records are in SPEC.md §14 with golden vectors. Still to come: the table,
+//! block and filter formats in SPEC.md, and the `bedrock db` commands.
 //!
 //! [`Storage`]: crate::storage::Storage
 
 pub mod batch;
 pub mod block;
 pub mod bloom;
+pub mod engine;
 pub mod memtable;
 pub mod merge;
 pub mod space;
 pub mod table;
+
+pub use engine::{Config, Db};

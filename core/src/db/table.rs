@@ -586,7 +586,7 @@ impl Table {
     }
 }
 
-impl TableScan<'_> {
+impl<'b> TableScan<'b> {
     /// The next entry, `None` after the last. A damaged part ends the scan with its error.
     #[allow(clippy::should_implement_trait)]
     pub fn next<S: Storage>(
@@ -619,6 +619,14 @@ impl TableScan<'_> {
         }
         self.current = None;
         Ok(None)
+    }
+
+    /// Ends the scan and gives its buffers back (to scan the next table with them).
+    pub fn into_buffers(self) -> ReaderBuffers<'b> {
+        ReaderBuffers {
+            index: self.index,
+            data: self.data,
+        }
     }
 
     /// The entry [`TableScan::next`] returned last, while the scan has not ended.
