@@ -20,8 +20,8 @@
 //!   one pass into a byte range of a storage; point lookups at a sequence number; every part
 //!   checked by its own CRC, damage reported with its position; scans from a position.
 //!
-//! The engine's log records are in SPEC.md §14 with golden vectors. Still to come: the table,
-//! block and filter formats in SPEC.md, and the `bedrock db` commands.
+//! Every format is in SPEC.md §14, with golden vectors. Still to come: the `bedrock db`
+//! commands, the firmware workload, and the benchmark against other engines.
 //!
 //! [`Storage`]: crate::storage::Storage
 
