@@ -296,7 +296,7 @@ fn table_error_text(error: &TableError<FileError>) -> String {
 }
 
 /// Names the table holding storage offset `offset`, if one does.
-fn table_at<'a>(db: &'a FileDb, offset: u64) -> Option<&'a TableMeta> {
+fn table_at(db: &FileDb, offset: u64) -> Option<&TableMeta> {
     let erase = u64::from(TABLE_ERASE);
     db.tables().find(|meta| {
         let start = u64::from(meta.first_block) * erase;

@@ -136,9 +136,16 @@ fn put_get_del_scan_and_their_exit_statuses() {
         text(&output.stdout)
     );
 
+    // Not a terminal: no progress bar, no escape codes on stderr.
+    let output = db("load", &dir, &["10", "--start", "1000"]);
+    assert!(output.status.success());
+    assert_eq!(text(&output.stderr), "");
+    assert!(text(&output.stdout).starts_with("loaded 10 entries in "));
+    assert_eq!(ok("del", &dir, &[&key_of(1000)]), "");
+
     // Every value survived the processes above (each one a reopen); stats run on it.
     let stats = ok("stats", &dir, &[]);
-    assert!(stats.contains("memtable: 8 entries"), "{stats}"); // versions, tombstones included
+    assert!(stats.contains("memtable: 19 entries"), "{stats}"); // versions, tombstones included
     assert!(stats.contains("write amplification"), "{stats}");
 }
 
