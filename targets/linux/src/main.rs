@@ -71,7 +71,7 @@ enum Command {
     /// default), `tables/` (a sparse 16 GiB store by default: only what tables use takes disk
     /// space) and `STATS`. Keys are 1 to 256 bytes, values at most 4096, as given on the
     /// command line. Writes are durable (fdatasync) when the command returns. Memory: about
-    /// 55 MiB (a 32 MiB memtable, table buffers). A second process on the same directory is
+    /// 50 MiB (a 32 MiB memtable, table buffers). A second process on the same directory is
     /// refused. Keys and values are printed escaped, one record per line: `\\`, `\t`, `\n`,
     /// `\r`, `\xHH` for bytes outside printable ASCII.
     #[command(subcommand)]
