@@ -136,6 +136,18 @@ fn put_get_del_scan_and_their_exit_statuses() {
         text(&output.stdout)
     );
 
+    // A counter's directory is not a database, and is left alone.
+    let counter = temporary.path().join("counter");
+    let output = Command::new(BIN)
+        .args(["counter", "incr", "--data"])
+        .arg(&counter)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let error = assert_one_error_line(&db("put", &counter, &["k", "v"]), 1);
+    assert!(error.contains("not a database"), "{error}");
+    assert!(!counter.join("wal").exists());
+
     // Not a terminal: no progress bar, no escape codes on stderr.
     let output = db("load", &dir, &["10", "--start", "1000"]);
     assert!(output.status.success());
