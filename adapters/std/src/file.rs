@@ -4,12 +4,30 @@
 //!
 //! - `LOCK` ([`LOCK_FILE_NAME`]): held with an exclusive `flock` while a [`FileStorage`] is open,
 //!   and holding the owner's process id for the error message another opener gets;
-//! - `log.bedrock` ([`DATA_FILE_NAME`]): the storage itself, `capacity` bytes.
+//! - `log.bedrock` ([`DATA_FILE_NAME`]): the storage itself, `capacity` bytes, in the default
+//!   [`FileMode::Filled`];
+//! - or `sparse.bedrock` ([`SPARSE_DATA_FILE_NAME`]) in [`FileMode::Sparse`] (opened with
+//!   [`FileStorage::open_mode`]): a sparse file whose erased value is 0x00.
+//!
+//! # The two modes
+//!
+//! - **Filled** (the default, what [`FileStorage::open`] opens): the erased value is 0xFF, as on
+//!   NOR flash. The data file is created by writing 0xFF over all of it, and an erase writes
+//!   0xFF: every byte erased is a byte written.
+//! - **Sparse**: the erased value is 0x00. The data file is created with `set_len` (a hole: no
+//!   block allocated), and an erase punches a hole (`fallocate(FALLOC_FL_PUNCH_HOLE |
+//!   FALLOC_FL_KEEP_SIZE)`), freeing the blocks instead of writing them; where the file system
+//!   does not support holes (`EOPNOTSUPP`) the erase writes zeros instead. A large store costs
+//!   nothing to create and erasing costs no writes.
+//!
+//! The mode is recorded by the data file's name: a directory holding one kind of store is never
+//! opened in the other mode (its erased bytes would read as written data), but refused with
+//! [`FileError::ModeMismatch`].
 //!
 //! # What is guaranteed
 //!
-//! - A new data file appears complete or not at all: it is filled with the erased value, synced,
-//!   renamed into place, and the directory is synced (as is the parent of every directory this
+//! - A new data file appears complete or not at all: it is filled with the erased value (sparse:
+//!   given its size), synced, renamed into place, and the directory is synced (as is the parent of every directory this
 //!   creates). A file half-filled by a crash is never mistaken for a store.
 //! - Two processes (or two opens in one process) never use one directory at the same time.
 //! - Every request is checked with [`check_range`]: reads aligned to the read size, writes to the
@@ -45,6 +63,8 @@ const READ_AHEAD: u64 = 8 * 1024 * 1024;
 
 /// Name of the data file inside the data directory.
 pub const DATA_FILE_NAME: &str = "log.bedrock";
+/// Name of the data file of a [`FileMode::Sparse`] store.
+pub const SPARSE_DATA_FILE_NAME: &str = "sparse.bedrock";
 /// Name of the lock file inside the data directory.
 pub const LOCK_FILE_NAME: &str = "LOCK";
 /// Bytes written per system call when filling or erasing.
@@ -69,13 +89,13 @@ impl FileOptions {
     /// Capacity of a store created without an explicit one: 64 MiB.
     pub const DEFAULT_CAPACITY: u64 = 64 << 20;
 
-    fn geometry(&self, capacity: u64) -> Result<Geometry, FileError> {
+    fn geometry(&self, capacity: u64, mode: FileMode) -> Result<Geometry, FileError> {
         let geometry = Geometry {
             read_size: self.read_size,
             write_size: self.write_size,
             erase_size: self.erase_size,
             capacity,
-            erased_value: 0xFF,
+            erased_value: mode.erased_value(),
         };
         geometry.validate().map_err(FileError::BadGeometry)?;
         Ok(geometry)
@@ -89,6 +109,48 @@ impl Default for FileOptions {
             read_size: 1,
             write_size: 8,
             erase_size: 65536,
+        }
+    }
+}
+
+/// How a store's data file is kept; see the [module docs](self#the-two-modes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FileMode {
+    /// Erased value 0xFF; the file is filled at creation and an erase writes 0xFF.
+    #[default]
+    Filled,
+    /// Erased value 0x00; the file is sparse and an erase punches a hole.
+    Sparse,
+}
+
+impl FileMode {
+    /// The value erased bytes read as.
+    pub fn erased_value(self) -> u8 {
+        match self {
+            Self::Filled => 0xFF,
+            Self::Sparse => 0x00,
+        }
+    }
+
+    /// The data file's name in this mode.
+    pub fn data_file_name(self) -> &'static str {
+        match self {
+            Self::Filled => DATA_FILE_NAME,
+            Self::Sparse => SPARSE_DATA_FILE_NAME,
+        }
+    }
+
+    fn other(self) -> Self {
+        match self {
+            Self::Filled => Self::Sparse,
+            Self::Sparse => Self::Filled,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Filled => "filled",
+            Self::Sparse => "sparse",
         }
     }
 }
@@ -123,6 +185,15 @@ pub enum FileError {
         existing: u64,
         /// The capacity the options asked for.
         requested: u64,
+    },
+    /// The directory holds a store of the other [`FileMode`]; nothing changed.
+    ModeMismatch {
+        /// The data directory.
+        dir: PathBuf,
+        /// The mode of the store it holds.
+        found: FileMode,
+        /// The mode it was opened in.
+        requested: FileMode,
     },
     /// A misaligned or out-of-range request; nothing changed.
     Contract(ContractError),
@@ -162,6 +233,20 @@ impl fmt::Display for FileError {
                 "data file {} holds {existing} bytes but {requested} were requested; \
                  open it without a capacity to adopt its size",
                 path.display()
+            ),
+            Self::ModeMismatch {
+                dir,
+                found,
+                requested,
+            } => write!(
+                f,
+                "data directory {} holds a {} store ({}), not a {} one ({}): it is not a \
+                 store of this kind",
+                dir.display(),
+                found.name(),
+                found.data_file_name(),
+                requested.name(),
+                requested.data_file_name()
             ),
             Self::Contract(error) => write!(f, "{}", contract_sentence(error)),
             Self::Poisoned { failed_operation } => write!(
@@ -241,6 +326,7 @@ pub struct FileStorage {
     /// Held for its `flock`, released when dropped.
     _lock: File,
     geometry: Geometry,
+    mode: FileMode,
     poisoned_by: Option<&'static str>,
     #[cfg(test)]
     failing: Option<Fault>,
@@ -268,24 +354,66 @@ impl FileStorage {
         }
     }
 
-    /// Opens the store in `dir`, creating the directory and an erased data file if needed.
+    /// Punches a hole over `[offset, offset + len)` (the size unchanged): the range reads as
+    /// zeros and its blocks are freed. `Unsupported` when the file system has no holes.
+    #[allow(unsafe_code)]
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (libc::off_t::try_from(offset), libc::off_t::try_from(len))
+        else {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        };
+        // SAFETY: fallocate only reads its integer arguments; the descriptor belongs to
+        // `self.file`, which is open for the duration of the call.
+        let result = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                offset,
+                len,
+            )
+        };
+        match result {
+            0 => Ok(()),
+            _ => Err(io::Error::last_os_error()),
+        }
+    }
+
+    /// Opens the store in `dir`, creating the directory and an erased data file if needed, in
+    /// [`FileMode::Filled`] (see [`FileStorage::open_mode`]).
     ///
     /// Fails with [`FileError::Locked`] if another [`FileStorage`] has the directory open, with
     /// [`FileError::CapacityMismatch`] if an existing file has another size than
-    /// `options.capacity`, and with [`FileError::BadGeometry`] for unusable sizes.
+    /// `options.capacity`, with [`FileError::ModeMismatch`] if the directory holds a sparse
+    /// store, and with [`FileError::BadGeometry`] for unusable sizes.
     pub fn open(dir: &Path, options: FileOptions) -> Result<Self, FileError> {
+        Self::open_mode(dir, options, FileMode::Filled)
+    }
+
+    /// Opens the store of `mode` in `dir`, creating the directory and an erased data file if
+    /// needed. As [`FileStorage::open`]; a directory holding a store of the other mode is
+    /// refused with [`FileError::ModeMismatch`].
+    pub fn open_mode(dir: &Path, options: FileOptions, mode: FileMode) -> Result<Self, FileError> {
         let requested = options.capacity.unwrap_or(FileOptions::DEFAULT_CAPACITY);
-        let new_geometry = options.geometry(requested)?;
+        let new_geometry = options.geometry(requested, mode)?;
         create_dir_durably(dir)?;
         let lock = lock_dir(dir)?;
-        let path = dir.join(DATA_FILE_NAME);
+        if dir.join(mode.other().data_file_name()).exists() {
+            return Err(FileError::ModeMismatch {
+                dir: dir.to_path_buf(),
+                found: mode.other(),
+                requested: mode,
+            });
+        }
+        let path = dir.join(mode.data_file_name());
         let (file, geometry) = match OpenOptions::new().read(true).write(true).open(&path) {
             Ok(file) => {
-                let geometry = adopt_size(&file, &path, options)?;
+                let geometry = adopt_size(&file, &path, options, mode)?;
                 (file, geometry)
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
-                (create_data_file(dir, &path, &new_geometry)?, new_geometry)
+                let file = create_data_file(dir, &path, &new_geometry, mode)?;
+                (file, new_geometry)
             }
             Err(error) => return Err(io_error("open data file", &path)(error)),
         };
@@ -295,6 +423,7 @@ impl FileStorage {
             file,
             _lock: lock,
             geometry,
+            mode,
             poisoned_by: None,
             #[cfg(test)]
             failing: None,
@@ -309,6 +438,11 @@ impl FileStorage {
     /// The data file.
     pub fn data_path(&self) -> &Path {
         &self.path
+    }
+
+    /// How the data file is kept.
+    pub fn mode(&self) -> FileMode {
+        self.mode
     }
 
     /// Whether an earlier write, erase or sync failed.
@@ -412,7 +546,12 @@ fn read_pid(lock: &mut File) -> Option<u32> {
 }
 
 /// Checks an existing data file's size against the options and returns its geometry.
-fn adopt_size(file: &File, path: &Path, options: FileOptions) -> Result<Geometry, FileError> {
+fn adopt_size(
+    file: &File,
+    path: &Path,
+    options: FileOptions,
+    mode: FileMode,
+) -> Result<Geometry, FileError> {
     let existing = file
         .metadata()
         .map_err(io_error("read the size of", path))?
@@ -423,14 +562,20 @@ fn adopt_size(file: &File, path: &Path, options: FileOptions) -> Result<Geometry
             existing,
             requested,
         }),
-        _ => options.geometry(existing),
+        _ => options.geometry(existing, mode),
     }
 }
 
 /// Creates the erased data file under a temporary name and renames it into place once it is
-/// complete and synced, so a crash never leaves a partly filled store behind.
-fn create_data_file(dir: &Path, path: &Path, geometry: &Geometry) -> Result<File, FileError> {
-    let temporary = dir.join(format!("{DATA_FILE_NAME}.creating"));
+/// complete and synced, so a crash never leaves a partly filled store behind. A sparse file is
+/// only given its size: its holes read as zeros.
+fn create_data_file(
+    dir: &Path,
+    path: &Path,
+    geometry: &Geometry,
+    mode: FileMode,
+) -> Result<File, FileError> {
+    let temporary = dir.join(format!("{}.creating", mode.data_file_name()));
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -438,7 +583,11 @@ fn create_data_file(dir: &Path, path: &Path, geometry: &Geometry) -> Result<File
         .truncate(true)
         .open(&temporary)
         .map_err(io_error("create data file", &temporary))?;
-    fill(&file, 0, geometry.capacity, geometry.erased_value)
+    let filled = match mode {
+        FileMode::Filled => fill(&file, 0, geometry.capacity, geometry.erased_value),
+        FileMode::Sparse => file.set_len(geometry.capacity),
+    };
+    filled
         .and_then(|()| file.sync_all())
         .map_err(io_error("fill data file", &temporary))?;
     fs::rename(&temporary, path).map_err(io_error("rename into place", &temporary))?;
@@ -501,7 +650,15 @@ impl Storage for FileStorage {
         self.check_not_poisoned()?;
         let geometry = self.geometry;
         check_range(offset, len, geometry.erase_size, geometry.capacity)?;
-        let result = fill(&self.file, offset, len, geometry.erased_value);
+        let result = match self.mode {
+            FileMode::Filled => fill(&self.file, offset, len, geometry.erased_value),
+            FileMode::Sparse => match self.punch_hole(offset, len) {
+                Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    fill(&self.file, offset, len, 0)
+                }
+                result => result,
+            },
+        };
         self.poison_on_error(result, "erase", "erase part of")
     }
 
@@ -690,5 +847,109 @@ mod tests {
                 failed_operation: "write"
             })
         ));
+    }
+
+    #[test]
+    fn a_sparse_store_is_created_empty_and_reads_zeros_where_erased() {
+        use std::os::unix::fs::MetadataExt;
+        let temporary = tempfile::tempdir().unwrap();
+        let dir = temporary.path().join("sparse");
+        let big = FileOptions {
+            capacity: Some(64 << 20),
+            ..SMALL
+        };
+        let mut storage = FileStorage::open_mode(&dir, big, FileMode::Sparse).unwrap();
+        assert_eq!(storage.mode(), FileMode::Sparse);
+        assert_eq!(storage.geometry().erased_value, 0);
+        let path = dir.join(SPARSE_DATA_FILE_NAME);
+        assert_eq!(storage.data_path(), path);
+        assert!(!dir.join(DATA_FILE_NAME).exists());
+        let metadata = fs::metadata(&path).unwrap();
+        assert_eq!(metadata.len(), 64 << 20);
+        // Created as a hole: (almost) nothing allocated.
+        assert!(
+            metadata.blocks() * 512 < 1 << 20,
+            "{} blocks",
+            metadata.blocks()
+        );
+        assert_eq!(read(&mut storage, 0, 4096), vec![0; 4096]);
+
+        let data = vec![0xA5; 1 << 20];
+        storage.write(1 << 20, &data).unwrap();
+        storage.sync().unwrap();
+        let written = fs::metadata(&path).unwrap().blocks();
+        assert!(
+            written * 512 >= 1 << 20,
+            "{written} blocks after writing 1 MiB"
+        );
+        drop(storage);
+
+        let adopt = FileOptions {
+            capacity: None,
+            ..SMALL
+        };
+        let mut storage = FileStorage::open_mode(&dir, adopt, FileMode::Sparse).unwrap();
+        assert_eq!(storage.geometry().capacity, 64 << 20);
+        assert_eq!(read(&mut storage, 1 << 20, 8), [0xA5; 8]);
+        storage.erase(1 << 20, 1 << 20).unwrap();
+        storage.sync().unwrap();
+        assert_eq!(read(&mut storage, 1 << 20, 1 << 20), vec![0; 1 << 20]);
+        let punched = fs::metadata(&path).unwrap().blocks();
+        // Where the file system supports holes, the erase freed the blocks; elsewhere it
+        // wrote zeros (the blocks stay).
+        if punched < written {
+            assert!(punched * 512 < 1 << 20, "{punched} blocks after the erase");
+        }
+        // The erased range takes new writes.
+        storage.write(1 << 20, &[7; 8]).unwrap();
+        assert_eq!(read(&mut storage, 1 << 20, 16), [[7; 8], [0; 8]].concat());
+        assert!(!dir
+            .join(format!("{SPARSE_DATA_FILE_NAME}.creating"))
+            .exists());
+    }
+
+    #[test]
+    fn a_store_is_never_opened_in_the_other_mode() {
+        let temporary = tempfile::tempdir().unwrap();
+        let filled = temporary.path().join("filled");
+        drop(FileStorage::open(&filled, SMALL).unwrap());
+        let error = FileStorage::open_mode(&filled, SMALL, FileMode::Sparse).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                FileError::ModeMismatch {
+                    found: FileMode::Filled,
+                    requested: FileMode::Sparse,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("holds a filled store (log.bedrock), not a sparse one"),
+            "{error}"
+        );
+        assert!(!filled.join(SPARSE_DATA_FILE_NAME).exists());
+
+        let sparse = temporary.path().join("sparse");
+        drop(FileStorage::open_mode(&sparse, SMALL, FileMode::Sparse).unwrap());
+        let error = FileStorage::open(&sparse, SMALL).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                FileError::ModeMismatch {
+                    found: FileMode::Sparse,
+                    requested: FileMode::Filled,
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert!(!sparse.join(DATA_FILE_NAME).exists());
+        // Each still opens in its own mode.
+        FileStorage::open(&filled, SMALL).unwrap();
+        FileStorage::open_mode(&sparse, SMALL, FileMode::Sparse).unwrap();
     }
 }

@@ -10,8 +10,9 @@
 //! - [`node`]: [`node::EventLoop`], core's driver over the socket and the clock, with group commit.
 //! - [`client`]: a request/response client of a node (random id, retries, timeouts).
 //! - [`incarnation`]: the number a node bumps durably at every start.
-// Two audited `unsafe` calls are allowed where they stand: a read-ahead hint (`posix_fadvise`)
-// and the wait for a readable socket (`poll`).
+// Three audited `unsafe` calls are allowed where they stand: a read-ahead hint (`posix_fadvise`),
+// punching a hole to erase part of a sparse store (`fallocate`) and the wait for a readable
+// socket (`poll`).
 #![deny(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -28,6 +29,9 @@ pub mod udp;
 
 pub use clock::MonotonicClock;
 #[cfg(unix)]
-pub use file::{FileError, FileOptions, FileStorage, DATA_FILE_NAME, LOCK_FILE_NAME};
+pub use file::{
+    FileError, FileMode, FileOptions, FileStorage, DATA_FILE_NAME, LOCK_FILE_NAME,
+    SPARSE_DATA_FILE_NAME,
+};
 #[cfg(unix)]
 pub use udp::UdpDatagram;

@@ -1276,6 +1276,12 @@ where
         self.compact()
     }
 
+    /// Flushes the memtable to level-0 tables (committing first) without compacting: a
+    /// caller that reports progress then calls [`Db::compact_once`] in a loop.
+    pub fn flush_memtable(&mut self) -> Result<(), FlushError<L::Error, T::Error>> {
+        self.flush_tables()
+    }
+
     /// Writes the memtable as tables, records them in a CHECKPOINT and releases the log
     /// before it; see the [module docs](self).
     fn flush_tables(&mut self) -> Result<(), FlushError<L::Error, T::Error>> {
@@ -1382,19 +1388,29 @@ where
         // Bounded: every step moves data down a level; a level-0 backlog drains by at most
         // `MERGE_WAYS_MAX - 1` tables a step.
         for _ in 0..TABLES * LEVELS + 1 {
-            if self.poisoned {
-                return Err(FlushError::Poisoned);
-            }
-            let Some(plan) = self.pick() else {
+            if !self.compact_once()? {
                 return Ok(());
-            };
-            if self.log.free_segments() <= 1 {
-                // Room for the EDIT: a checkpoint releases the log behind it.
-                self.flush_tables()?;
             }
-            self.compact_step(&plan)?;
         }
         Ok(())
+    }
+
+    /// Does one compaction step if one is due; whether one was done. [`Db::compact`] is this
+    /// until it returns `false`: a caller that reports progress between steps calls it in a
+    /// loop instead (and may read [`Db::stats`] in between). On `Err` the step changed nothing.
+    pub fn compact_once(&mut self) -> Result<bool, FlushError<L::Error, T::Error>> {
+        if self.poisoned {
+            return Err(FlushError::Poisoned);
+        }
+        let Some(plan) = self.pick() else {
+            return Ok(false);
+        };
+        if self.log.free_segments() <= 1 {
+            // Room for the EDIT: a checkpoint releases the log behind it.
+            self.flush_tables()?;
+        }
+        self.compact_step(&plan)?;
+        Ok(true)
     }
 
     /// Whether a compaction is due, and of what.
