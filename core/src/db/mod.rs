@@ -20,8 +20,9 @@
 //!   one pass into a byte range of a storage; point lookups at a sequence number; every part
 //!   checked by its own CRC, damage reported with its position; scans from a position.
 //!
-//! Every format is in SPEC.md §14, with golden vectors. Still to come: the `bedrock db`
-//! commands, the firmware workload, and the benchmark against other engines.
+//! Every format is in SPEC.md §14, with golden vectors. The Linux binary's `bedrock db`
+//! commands run this engine on files. Still to come: the firmware workload and the benchmark
+//! against other engines.
 //!
 //! [`Storage`]: crate::storage::Storage
 
