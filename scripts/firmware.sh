@@ -3,7 +3,8 @@
 # firmware binaries (firmware, db, cluster) and of the code-size probes (baseline, storage_size,
 # counter_size, node_size) and the flash budget figure, then runs the probes, the crash-point
 # firmware, the database firmware and the three-node cluster under qemu-system-arm. Exits with
-# the first failing status of the three firmware runs (0: every check passed; 1: a failed check or a panic; 124: timeout).
+# the first failing status of the three firmware runs (0: every check passed; 1: a failed check
+# or a panic; 124: timeout).
 # Run `bash scripts/deps.sh` first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
