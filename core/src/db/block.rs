@@ -548,8 +548,15 @@ mod tests {
             value: b"x",
         };
         assert_eq!(builder.add(&tombstone), Err(AddError::Invalid));
+        // A valid entry too large for the block (the key as long as this build allows).
         static LONG: [u8; 300] = [b'k'; 300];
-        assert_eq!(builder.add(&put(&LONG, 1)), Err(AddError::Full));
+        let large = Entry {
+            key: &LONG[..KEY_LEN_MAX.min(LONG.len())],
+            sequence: 1,
+            kind: Kind::Put,
+            value: &LONG,
+        };
+        assert_eq!(builder.add(&large), Err(AddError::Full));
         assert_eq!(builder.entries(), 2);
         let bytes = builder.finish().to_vec();
         assert_eq!(read_all(&bytes).len(), 2);
