@@ -4,16 +4,20 @@
 //! committed write.
 //!
 //! 1. Workload: puts, deletes and a few multi-operation batches of small keys and values,
-//!    with a commit every one to four writes. The small memtable fills up, so the engine
+//!    with a commit after about one step in three. The small memtable fills up, so the engine
 //!    flushes and compacts on its own (the run fails unless both happened). Every key is read
-//!    back and compared with the model every 50 operations, and a full scan at the end.
-//! 2. Reopen: `into_parts`, `Db::open` on the same flashes and buffers; every key and the
-//!    scan again, then a clean `close` and another reopen.
+//!    back and compared with the model every 50 operations and at the end.
+//! 2. Reopen: `into_parts`, `Db::open` on the same flashes and buffers; every key again.
 //! 3. Power cuts: for each of [`CUTS`] rounds, power is cut on the log flash or the table
 //!    flash after a few programs (a torn prefix of the cut program landing) while the workload
 //!    runs; then power comes back, the engine is reopened and must hold the committed state
 //!    plus a prefix of the writes made since the last commit (no more, no less), and no
 //!    corruption may be reported.
+//!
+//! Not exercised: `Db::scan` (its frame holds its sources inline, about 18 KiB of stack, more
+//! than is left here) and `Db::close` (it consumes the log storage, which here lends a static
+//! flash). Every function that holds a `Db` is `#[inline(never)]` and keeps it in one slot:
+//! under LTO, inlined frames add up past the 24 KiB of stack the statics leave.
 //!
 //! Exit status 0 when every check passed, 1 on any failed check or panic.
 #![no_std]
@@ -382,29 +386,13 @@ fn crash<'a>(
         pending.len += 1;
         if let Err(error) = apply(db, &op) {
             let (log, tables) = powered(db);
-            if checker.check(
+            let ok = checker.check(
                 !log || !tables,
                 "write failed with power on",
                 (round, error),
-            ) {
-            } else if checker.failures < 3 {
-                let stats = db.stats();
-                hprintln!(
-                    "  levels {:?} used {} live {} memtable {}",
-                    stats.levels.map(|l| (l.tables, l.bytes)),
-                    stats.used_bytes,
-                    stats.live_bytes,
-                    stats.memtable_entries
-                );
-                for meta in db.tables() {
-                    hprintln!(
-                        "  table {} blocks {} len {} level {}",
-                        meta.first_block,
-                        meta.blocks,
-                        meta.len,
-                        meta.level
-                    );
-                }
+            );
+            if !ok && checker.failures <= 2 {
+                print_tables(db);
             }
             break;
         }
@@ -489,6 +477,27 @@ fn cut_round<'a>(
     }
     *model = found;
     Some(parts)
+}
+
+/// Prints the live tables, to explain a failed write.
+fn print_tables(db: &TestDb<'_>) {
+    let stats = db.stats();
+    hprintln!(
+        "  tables and bytes by level {:?}; {} B of runs in use, {} B live, {} entries in the memtable",
+        stats.levels.map(|level| (level.tables, level.bytes)),
+        stats.used_bytes,
+        stats.live_bytes,
+        stats.memtable_entries
+    );
+    for meta in db.tables() {
+        hprintln!(
+            "  table at block {}: {} blocks, {} B, level {}",
+            meta.first_block,
+            meta.blocks,
+            meta.len,
+            meta.level
+        );
+    }
 }
 
 /// Whether the log flash and the table flash are powered.
