@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Builds the firmware in targets/qemu for the lm3s6965evb (Cortex-M3), prints the sizes of the
-# firmware binaries (firmware, cluster) and of the code-size probes (baseline, storage_size,
+# firmware binaries (firmware, db, cluster) and of the code-size probes (baseline, storage_size,
 # counter_size, node_size) and the flash budget figure, then runs the probes, the crash-point
-# firmware and the three-node cluster under qemu-system-arm. Exits with the first failing status
-# of the two firmware runs (0: every check passed; 1: a failed check or a panic; 124: timeout).
+# firmware, the database firmware and the three-node cluster under qemu-system-arm. Exits with
+# the first failing status of the three firmware runs (0: every check passed; 1: a failed check
+# or a panic; 124: timeout).
 # Run `bash scripts/deps.sh` first on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,7 +26,7 @@ section() {
 
 echo
 echo "sizes (bytes; text = flash: vector table + .text + .rodata; data is in flash and RAM):"
-binaries=(firmware cluster baseline storage_size counter_size node_size)
+binaries=(firmware db cluster baseline storage_size counter_size node_size)
 size "${binaries[@]/#/$out/}"
 printf '%-14s %8s %8s %8s %8s\n' binary .text .rodata .data .bss
 for binary in "${binaries[@]}"; do
@@ -84,6 +85,10 @@ run_firmware() {
 
 status=0
 run_firmware firmware || status=$?
+echo
+db_status=0
+run_firmware db || db_status=$?
+if [ "$status" -eq 0 ]; then status=$db_status; fi
 echo
 cluster_status=0
 run_firmware cluster || cluster_status=$?

@@ -21,12 +21,31 @@ use heapless::Vec;
 use crate::checksum::crc32c;
 use crate::varint;
 
-/// The longest key, in bytes.
+/// The longest key, in bytes: 512, or 64 with the `db-small` feature.
+///
+/// Keys are held inline (heapless) in the engine's table metadata, cursors and positions, so
+/// this bound sets much of the engine's RAM: with `TABLES` live tables the engine holds
+/// `2 · TABLES` keys of this size, recovery that again, and a compaction or scan one per
+/// source. `db-small` is for small targets (firmware with tens of KiB of RAM); it lowers the
+/// bound, so a configuration with a longer `key_len_max` is refused at open
+/// ([`ConfigError::KeyLen`](super::engine::ConfigError::KeyLen)), never truncated.
+#[cfg(not(feature = "db-small"))]
 pub const KEY_LEN_MAX: usize = 512;
+/// The longest key, in bytes: 512, or 64 with the `db-small` feature (this build).
+#[cfg(feature = "db-small")]
+pub const KEY_LEN_MAX: usize = 64;
 /// Entries between two restart points.
 pub const RESTART_INTERVAL: usize = 16;
-/// The most restart points in one block (a builder refuses entries beyond).
+/// The most restart points in one block (a builder refuses entries beyond, and the block is
+/// finished): 512, or 64 with the `db-small` feature. A block builder holds this many offsets
+/// inline (2 KiB at 512), and a table writer two builders; 64 restart points are 1,024
+/// entries, more than a block of a small target holds. Only writers use it: blocks written
+/// with either bound read the same.
+#[cfg(not(feature = "db-small"))]
 pub const RESTARTS_MAX: usize = 512;
+/// The most restart points in one block: 512, or 64 with the `db-small` feature (this build).
+#[cfg(feature = "db-small")]
+pub const RESTARTS_MAX: usize = 64;
 /// Bytes after the entries besides the restart array: its count and the CRC.
 const TAIL_LEN: usize = 8;
 /// The most a sequence number may be: it shares its varint with the kind bit.
@@ -529,8 +548,15 @@ mod tests {
             value: b"x",
         };
         assert_eq!(builder.add(&tombstone), Err(AddError::Invalid));
+        // A valid entry too large for the block (the key as long as this build allows).
         static LONG: [u8; 300] = [b'k'; 300];
-        assert_eq!(builder.add(&put(&LONG, 1)), Err(AddError::Full));
+        let large = Entry {
+            key: &LONG[..KEY_LEN_MAX.min(LONG.len())],
+            sequence: 1,
+            kind: Kind::Put,
+            value: &LONG,
+        };
+        assert_eq!(builder.add(&large), Err(AddError::Full));
         assert_eq!(builder.entries(), 2);
         let bytes = builder.finish().to_vec();
         assert_eq!(read_all(&bytes).len(), 2);

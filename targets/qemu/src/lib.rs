@@ -5,6 +5,9 @@
 //!
 //! - `firmware`: the durable counter on a RAM NOR-flash mock, with power cut at every program of
 //!   a fixed workload (and a second cut right after each recovery), checked after each cut;
+//! - `db`: the embedded database (`bedrock::db::Db`) on two RAM NOR-flash mocks (log and
+//!   tables): a put/get workload that flushes and compacts, a reopen, and power cuts on either
+//!   flash, each checked against a fixed-capacity model;
 //! - `baseline`: prints through semihosting and exits — the bare cortex-m-rt image the code
 //!   size of bedrock is measured against;
 //! - `counter_size`: `baseline` plus opening a counter and incrementing it once;
