@@ -20,17 +20,11 @@
 //!   one pass into a byte range of a storage; point lookups at a sequence number; every part
 //!   checked by its own CRC, damage reported with its position; scans from a position.
 //!
-<<<<<<< HEAD
 //! Every format is in SPEC.md §14, with golden vectors. The Linux binary's `bedrock db`
-//! commands run this engine on files. Still to come: the firmware workload and the benchmark
-//! against other engines.
-=======
-//! Every format is in SPEC.md §14, with golden vectors. On microcontrollers, build with the
-//! `db-small` feature (64-byte keys, 64 restart points per block: see
-//! [`block::KEY_LEN_MAX`]); `targets/qemu`'s `db` firmware runs the engine that way on two
-//! RAM NOR flashes in 64 KiB of RAM. Still to come: the `bedrock db` commands and the
-//! benchmark against other engines.
->>>>>>> db-firmware
+//! commands run this engine on files. On microcontrollers, build with the `db-small` feature
+//! (64-byte keys, 64 restart points per block: see [`block::KEY_LEN_MAX`]); `targets/qemu`'s
+//! `db` firmware runs the engine that way on two RAM NOR flashes in 64 KiB of RAM. Still to
+//! come: the benchmark against other engines.
 //!
 //! [`Storage`]: crate::storage::Storage
 
