@@ -25,6 +25,9 @@ pub struct Kind {
     /// What a synced write means for this engine, and which defaults were changed (none,
     /// ideally), for the notes.
     pub durability: &'static str,
+    /// The file-name suffix of the engine's write-ahead log files, if it keeps one, so that
+    /// the recovery workload can say how much log the reopen had to read.
+    pub log_suffix: Option<&'static str>,
     /// Opens (creating if needed) a database in the directory `dir`, which exists.
     pub open: fn(dir: &Path) -> Result<Box<dyn Engine>>,
 }

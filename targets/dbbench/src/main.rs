@@ -158,6 +158,8 @@ enum Figure {
     RecoveryRead,
     /// MiB on disk at the reopen.
     RecoveryDisk,
+    /// MiB of write-ahead log on disk at the reopen.
+    RecoveryLog,
     /// The crash-load's own rate (unsynced batches).
     RecoveryLoad,
 }
@@ -357,7 +359,7 @@ fn run_round(
             }
             workload::complete_fill(engine.as_ref(), filled, cli.entries, cli.batch)?;
             engine.settle(SETTLE_LIMIT)?;
-            let space = system::dir_size(&dir)? as f64 / (cli.entries * ENTRY_LEN) as f64;
+            let space = system::disk_usage(&dir, "")? as f64 / (cli.entries * ENTRY_LEN) as f64;
             results.add(Figure::SpaceAmp, e, space);
             mains[e] = Some((engine, dir));
         }
@@ -499,7 +501,11 @@ fn recovery(
         .next()
         .and_then(|f| f.parse().ok())
         .ok_or("crash-load printed no time")?;
-    let on_disk = system::dir_size(&dir)?;
+    let on_disk = system::disk_usage(&dir, "")?;
+    let log = match kind.log_suffix {
+        Some(suffix) => Some(system::disk_usage(&dir, suffix)?),
+        None => None,
+    };
 
     let start = Instant::now();
     let engine = (kind.open)(&dir)?;
@@ -521,6 +527,9 @@ fn recovery(
         e,
         on_disk as f64 / f64::from(1u32 << 20),
     );
+    if let Some(log) = log {
+        results.add(Figure::RecoveryLog, e, log as f64 / f64::from(1u32 << 20));
+    }
     results.add(
         Figure::RecoveryLoad,
         e,
@@ -830,8 +839,12 @@ fn notes(cli: &Cli, workloads: &[Workload], kinds: &[Kind], results: &Results) -
     if has(Workload::Recovery) {
         let per_engine: Vec<String> = (0..kinds.len())
             .filter_map(|e| {
+                let log = match results.median(Figure::RecoveryLog, e) {
+                    Some(log) => format!(", {log:.0} MiB of it write-ahead log"),
+                    None => String::new(),
+                };
                 Some(format!(
-                    "{} left {:.0} MiB on disk (loaded at {:.0} entries/s)",
+                    "{} left {:.0} MiB on disk{log} (loaded at {:.0} entries/s)",
                     kinds[e].name,
                     results.median(Figure::RecoveryDisk, e)?,
                     results.median(Figure::RecoveryLoad, e)?

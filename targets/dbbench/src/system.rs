@@ -3,7 +3,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -172,16 +172,17 @@ pub fn written_bytes() -> Option<u64> {
     Some(number("write_bytes:")?.saturating_sub(number("cancelled_write_bytes:")?))
 }
 
-/// Bytes of all regular files under `dir`.
-pub fn dir_size(dir: &Path) -> io::Result<u64> {
+/// Bytes allocated on disk (`st_blocks` x 512: preallocated but unwritten space does not
+/// count) to the regular files under `dir` whose names end with `suffix` (all: "").
+pub fn disk_usage(dir: &Path, suffix: &str) -> io::Result<u64> {
     let mut total = 0;
     for entry in fs::read_dir(dir)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         if kind.is_dir() {
-            total += dir_size(&entry.path())?;
-        } else if kind.is_file() {
-            total += entry.metadata()?.len();
+            total += disk_usage(&entry.path(), suffix)?;
+        } else if kind.is_file() && entry.file_name().to_string_lossy().ends_with(suffix) {
+            total += entry.metadata()?.blocks() * 512;
         }
     }
     Ok(total)

@@ -182,7 +182,7 @@ pub fn read_seq(engine: &dyn Engine, budget: Duration) -> Result<Rate> {
     let operations = engine.scan(&mut |key, value| {
         bytes += (key.len() + value.len()) as u64;
         visited += 1;
-        visited % 1024 != 0 || start.elapsed() < budget
+        !visited.is_multiple_of(1024) || start.elapsed() < budget
     })?;
     black_box(bytes);
     Ok(Rate {

@@ -17,6 +17,7 @@ pub const KIND: Kind = Kind {
     version: concat!("fjall ", env!("DBBENCH_FJALL_VERSION")),
     durability: "journal fdatasync (PersistMode::SyncData) per synced batch; otherwise \
                  PersistMode::Buffer; all other settings default (lz4, 4 worker threads max)",
+    log_suffix: Some(".jnl"),
     open,
 };
 

@@ -17,6 +17,7 @@ pub const KIND: Kind = Kind {
     version: concat!("redb ", env!("DBBENCH_REDB_VERSION")),
     durability: "one write transaction per batch, Durability::Immediate when synced (the \
                  default), Durability::None otherwise; all other settings default",
+    log_suffix: None,
     open,
 };
 
