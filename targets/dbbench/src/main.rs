@@ -158,6 +158,10 @@ enum Figure {
     RecoveryRead,
     /// MiB on disk at the reopen.
     RecoveryDisk,
+    /// Per turn: syncwrite (1 writer) / the raw rate measured right before it.
+    SyncWriteVsRaw,
+    /// Per turn: syncwrite (many writers) / the raw rate measured right before it.
+    SyncWriteManyVsRaw,
     /// MiB of write-ahead log on disk at the reopen.
     RecoveryLog,
     /// The crash-load's own rate (unsynced batches).
@@ -439,11 +443,21 @@ fn run_round(
                     };
                     step(workload.name(), e);
                     // The raw limit takes its turn right before each engine's.
-                    results.raw.push(raw.run_for(budget)?.per_second());
+                    let raw_rate = raw.run_for(budget)?.per_second();
+                    results.raw.push(raw_rate);
                     let rate: Rate =
                         workload::synced_writes(main(e), cli.entries, writers, budget, seed ^ 4)?;
                     main(e).settle(SETTLE_LIMIT)?;
                     results.add(figure, e, rate.per_second());
+                    let versus = match figure {
+                        Figure::SyncWrite => Figure::SyncWriteVsRaw,
+                        _ => Figure::SyncWriteManyVsRaw,
+                    };
+                    results.add(
+                        versus,
+                        e,
+                        rate.per_second() / raw_rate.max(f64::MIN_POSITIVE),
+                    );
                 }
                 _ => {}
             }
@@ -835,6 +849,27 @@ fn notes(cli: &Cli, workloads: &[Workload], kinds: &[Kind], results: &Results) -
             results.raw.iter().copied().fold(f64::INFINITY, f64::min),
             results.raw.iter().copied().fold(0.0, f64::max),
         ));
+    }
+    for (workload, figure) in [
+        (Workload::SyncWrite, Figure::SyncWriteVsRaw),
+        (Workload::SyncWriteMany, Figure::SyncWriteManyVsRaw),
+    ] {
+        if has(workload) {
+            let ratios: Vec<String> = (0..kinds.len())
+                .filter_map(|e| {
+                    Some(format!(
+                        "{} {:.2}",
+                        kinds[e].name,
+                        results.median(figure, e)?
+                    ))
+                })
+                .collect();
+            notes.push(format!(
+                "{}: median of the per-turn ratios to the raw rate measured right before it: {}",
+                workload.name(),
+                ratios.join(", ")
+            ));
+        }
     }
     if has(Workload::Recovery) {
         let per_engine: Vec<String> = (0..kinds.len())
