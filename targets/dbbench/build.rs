@@ -10,6 +10,8 @@ fn main() {
     for (package, variable) in [
         ("fjall", "DBBENCH_FJALL_VERSION"),
         ("redb", "DBBENCH_REDB_VERSION"),
+        ("rocksdb", "DBBENCH_ROCKSDB_VERSION"),
+        ("librocksdb-sys", "DBBENCH_LIBROCKSDB_VERSION"),
     ] {
         let version = version_of(&lock, package).unwrap_or_else(|| "unknown".to_string());
         println!("cargo:rustc-env={variable}={version}");
