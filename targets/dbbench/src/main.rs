@@ -156,6 +156,8 @@ enum Figure {
     Recovery,
     /// Seconds to read the files left by the crash sequentially.
     RecoveryRead,
+    /// MiB read by the sequential read (file lengths).
+    RecoveryReadBytes,
     /// MiB on disk at the reopen.
     RecoveryDisk,
     /// Per turn: syncwrite (1 writer) / the raw rate measured right before it.
@@ -524,7 +526,7 @@ fn recovery(
     // The limit: reading the files as the crash left them (warm, as the child just wrote
     // them, like the reopen after it).
     let start = Instant::now();
-    system::read_all(&dir)?;
+    let read_bytes = system::read_all(&dir)?;
     let read = start.elapsed();
 
     let start = Instant::now();
@@ -538,6 +540,11 @@ fn recovery(
     engine.close()?;
     results.add(Figure::Recovery, e, reopen.as_secs_f64());
     results.add(Figure::RecoveryRead, e, read.as_secs_f64());
+    results.add(
+        Figure::RecoveryReadBytes,
+        e,
+        read_bytes as f64 / f64::from(1u32 << 20),
+    );
     results.add(
         Figure::RecoveryDisk,
         e,
@@ -881,8 +888,10 @@ fn notes(cli: &Cli, workloads: &[Workload], kinds: &[Kind], results: &Results) -
                     None => String::new(),
                 };
                 Some(format!(
-                    "{} left {:.0} MiB on disk{log} (loaded at {:.0} entries/s)",
+                    "{} left {:.0} MiB of files, {:.0} MiB on disk{log} (loaded at {:.0} \
+                     entries/s)",
                     kinds[e].name,
+                    results.median(Figure::RecoveryReadBytes, e)?,
                     results.median(Figure::RecoveryDisk, e)?,
                     results.median(Figure::RecoveryLoad, e)?
                 ))
@@ -892,7 +901,8 @@ fn notes(cli: &Cli, workloads: &[Workload], kinds: &[Kind], results: &Results) -
             "recovery: a child process writes {} MiB of user data (sequential keys, unsynced \
              batches of {}, one sync at the end) with each engine's defaults and exits without \
              closing (_exit); the figure is opening the database and reading the last key; the \
-             limit is reading every file it left once, warm cache; {}",
+             limit is reading every file it left once (their lengths; on disk = allocated blocks, \
+             which count preallocated space) before the reopen, warm cache; {}",
             cli.recovery_mib,
             cli.batch,
             per_engine.join("; ")
