@@ -203,7 +203,8 @@ pub fn synced_writes(
     let counts: Vec<Result<u64>> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..writers)
             .map(|writer| {
-                scope.spawn(move || -> Result<u64> {
+                let builder = std::thread::Builder::new().stack_size(crate::STACK_BYTES);
+                builder.spawn_scoped(scope, move || -> Result<u64> {
                     let mut rng = Rng::new(seed ^ (writer as u64).wrapping_mul(0x1234_5678_9ABC));
                     let mut done = 0;
                     loop {
@@ -219,10 +220,11 @@ pub fn synced_writes(
             .collect();
         handles
             .into_iter()
-            .map(|handle| {
-                handle
+            .map(|handle| match handle {
+                Ok(handle) => handle
                     .join()
-                    .unwrap_or_else(|_| Err("a writer thread panicked".into()))
+                    .unwrap_or_else(|_| Err("a writer thread panicked".into())),
+                Err(error) => Err(format!("cannot start a writer thread: {error}").into()),
             })
             .collect()
     });

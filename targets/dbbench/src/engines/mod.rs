@@ -1,9 +1,6 @@
-//! The engines under test, one file each.
-//!
-//! The bedrock engine (`bedrock::db::Db`, being written) is added here as
-//! `engines/bedrock.rs` with a `KIND` and an `Engine` implementation, and one line in
-//! [`ALL`]; nothing else changes.
+//! The engines under test, one file each: this project's engine first.
 
+mod bedrock;
 mod fjall;
 mod redb;
 #[cfg(feature = "rocksdb")]
@@ -13,10 +10,10 @@ use crate::engine::Kind;
 
 /// Every engine, in the order of the table's columns.
 #[cfg(not(feature = "rocksdb"))]
-pub const ALL: &[Kind] = &[fjall::KIND, redb::KIND];
+pub const ALL: &[Kind] = &[bedrock::KIND, fjall::KIND, redb::KIND];
 /// Every engine, in the order of the table's columns.
 #[cfg(feature = "rocksdb")]
-pub const ALL: &[Kind] = &[fjall::KIND, redb::KIND, rocksdb::KIND];
+pub const ALL: &[Kind] = &[bedrock::KIND, fjall::KIND, redb::KIND, rocksdb::KIND];
 
 #[cfg(test)]
 mod tests {
