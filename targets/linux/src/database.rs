@@ -2,9 +2,9 @@
 //!
 //! # Layout of a database directory
 //!
-//! - `wal/` — the log storage (write-ahead log and manifest): a filled [`FileStorage`]
-//!   (`wal/log.bedrock`), [`WAL_CAPACITY`] = 128 MiB by default, segments (erase blocks) of
-//!   [`WAL_SEGMENT`] = 4 MiB, write size 8;
+//! - `wal/` — the log storage (write-ahead log and manifest): a **sparse** [`FileStorage`]
+//!   (`wal/sparse.bedrock`: creating it writes nothing), [`WAL_CAPACITY`] = 128 MiB by default,
+//!   segments (erase blocks) of [`WAL_SEGMENT`] = 4 MiB, write size 8;
 //! - `tables/` — the table storage: a **sparse** [`FileStorage`] (`tables/sparse.bedrock`,
 //!   erased value 0x00, erase = punching a hole), [`TABLE_CAPACITY`] = 16 GiB by default (a
 //!   hole costs nothing until written), erase blocks of [`TABLE_ERASE`] = 256 KiB, write size 8;
@@ -130,7 +130,9 @@ pub struct Capacities {
 
 /// Whether `dir` holds a database (its two stores).
 pub fn is_database(dir: &Path) -> bool {
-    dir.join("wal").join(DATA_FILE_NAME).is_file()
+    dir.join("wal")
+        .join(FileMode::Sparse.data_file_name())
+        .is_file()
         && dir
             .join("tables")
             .join(FileMode::Sparse.data_file_name())
@@ -150,8 +152,9 @@ fn existing(dir: &Path) -> Result<(), Error> {
     }
     if !is_database(dir) {
         return Err(fail(format!(
-            "no database in {}: it has no wal/{DATA_FILE_NAME} and tables/{}",
+            "no database in {}: it has no wal/{} and tables/{}",
             dir.display(),
+            FileMode::Sparse.data_file_name(),
             FileMode::Sparse.data_file_name()
         )));
     }
@@ -198,7 +201,7 @@ fn open(dir: &Path, capacities: Capacities) -> Result<FileDb, Error> {
     let tables_dir = dir.join("tables");
     let wal_options = store_options(
         &wal_dir,
-        DATA_FILE_NAME,
+        FileMode::Sparse.data_file_name(),
         capacities.wal,
         WAL_CAPACITY,
         WAL_SEGMENT,
@@ -210,7 +213,8 @@ fn open(dir: &Path, capacities: Capacities) -> Result<FileDb, Error> {
         TABLE_CAPACITY,
         TABLE_ERASE,
     );
-    let wal = FileStorage::open(&wal_dir, wal_options).map_err(file_error)?;
+    let wal =
+        FileStorage::open_mode(&wal_dir, wal_options, FileMode::Sparse).map_err(file_error)?;
     let tables =
         FileStorage::open_mode(&tables_dir, table_options, FileMode::Sparse).map_err(file_error)?;
     let config = config();

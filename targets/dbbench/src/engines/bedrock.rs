@@ -1,9 +1,9 @@
 //! bedrock: this project's LSM engine (`bedrock::db::Db`) on two files, with the engine
 //! configuration `bedrock db` uses (a 32 MiB memtable, 8 MiB tables, 16 KiB blocks, 10 bloom
-//! bits per key, level 0 compacted at 4 tables, level 1 of 64 MiB, ratio 10). Unlike `bedrock
-//! db` (whose log store is filled with 0xFF when created), both stores are sparse here, so
-//! that creating them writes nothing: a 128 MiB log store of 4 MiB segments and a 1 GiB table
-//! store of 256 KiB erase blocks (enough for the benchmark's few hundred MiB).
+//! bits per key, level 0 compacted at 4 tables, level 1 of 64 MiB, ratio 10), and its sparse
+//! stores (creating them writes nothing): a 128 MiB log store of 4 MiB segments and a 1 GiB
+//! table store of 256 KiB erase blocks (`bedrock db` takes 16 GiB; 1 GiB is enough for the
+//! benchmark's few hundred MiB).
 //!
 //! A batch is one `Db::write` (one BATCH record in the write-ahead log); a synced batch is
 //! followed by `Db::commit` (one `fdatasync` of the log). Flushes and compactions run inside
