@@ -15,11 +15,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 mod common;
 
-use common::{assert_one_error_line, scratch, text, BIN};
+use common::{assert_one_error_line, scratch, seed, text, Random, BIN};
 
 const SMALL: [&str; 4] = ["--wal-capacity", "16M", "--table-capacity", "1G"];
 
@@ -294,31 +294,6 @@ fn a_flipped_byte_in_a_table_is_reported_never_returned() {
         "{listing}"
     );
     assert!(listing.contains("1 damaged"), "{listing}");
-}
-
-/// xorshift64: replayable kill delays.
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("BEDROCK_SEED") {
-        Ok(text) => text.parse().expect("BEDROCK_SEED is a number"),
-        Err(_) => {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            (nanos as u64) | 1
-        }
-    }
 }
 
 #[test]

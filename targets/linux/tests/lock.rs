@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 use common::{
-    assert_one_error_line, free_address, keygen, scratch, send_signal, text, NodeProcess, BIN,
-    BIND_ATTEMPTS,
+    assert_one_error_line, free_address, keygen, scratch, send_signal, text, NodeProcess,
+    SingleNode, BIN, BIND_ATTEMPTS,
 };
 
 /// The longest wait for a process to start or stop, or for an outcome polled for.
@@ -28,67 +28,26 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// `bedrock lock run`'s exit status when it lost its lease.
 const LEASE_LOST: i32 = 75;
 
-/// The node under test: where it lives and its process.
-struct Node {
-    addr: SocketAddr,
-    data: PathBuf,
-    key: PathBuf,
-    extra: Vec<String>,
-    process: NodeProcess,
+/// The node under test (see `common::SingleNode`) and what these tests ask of it.
+struct Node(SingleNode);
+
+impl std::ops::Deref for Node {
+    type Target = SingleNode;
+
+    fn deref(&self) -> &SingleNode {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut SingleNode {
+        &mut self.0
+    }
 }
 
 impl Node {
-    /// A fresh key and a node started on a free port with `extra` options.
     fn start(dir: &Path, extra: &[&str]) -> Self {
-        let key = dir.join("cluster.key");
-        keygen(&key);
-        let mut node = Self {
-            addr: free_address(Ipv4Addr::LOCALHOST),
-            data: dir.join("node"),
-            key,
-            extra: extra.iter().map(|arg| arg.to_string()).collect(),
-            process: NodeProcess::new("the node", DEADLINE),
-        };
-        for _ in 0..BIND_ATTEMPTS {
-            if node.try_start() {
-                return node;
-            }
-            node.addr = free_address(Ipv4Addr::LOCALHOST);
-        }
-        panic!("no free port after {BIND_ATTEMPTS} attempts");
-    }
-
-    fn try_start(&mut self) -> bool {
-        let mut command = Command::new(BIN);
-        command
-            .args(["node", "--id", "1", "--listen", &self.addr.to_string()])
-            .arg("--data")
-            .arg(&self.data)
-            .arg("--key-file")
-            .arg(&self.key)
-            .args(&self.extra);
-        self.process.start(command)
-    }
-
-    /// SIGKILL, then start again on the same address (retrying while the port is taken).
-    fn kill_and_restart(&mut self) {
-        self.process.kill();
-        for _ in 0..BIND_ATTEMPTS {
-            if self.try_start() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the node could not bind its address again");
-    }
-
-    /// SIGTERM, then wait for a clean exit; returns the stop line.
-    fn stop(&mut self) -> String {
-        self.process.stop(libc::SIGTERM);
-        let lines = self.process.lines();
-        let stop = lines.last().cloned().unwrap_or_default();
-        assert!(stop.starts_with("node 1 stopping: "), "{lines:?}");
-        stop
+        Self(SingleNode::start(dir, extra, DEADLINE))
     }
 
     /// `bedrock lock COMMAND --node ADDR --key-file KEY ARGS…`, not started.
@@ -311,7 +270,8 @@ fn a_restarted_node_keeps_its_locks_held_and_never_repeats_a_token() {
     let temporary = scratch("lock-restart-");
     let mut node = Node::start(temporary.path(), &["--lock-ttl-max", "1s"]);
     let first = node.acquire(&["db", "--ttl", "1s"]);
-    node.kill_and_restart();
+    node.kill();
+    node.restart();
     // Held by its holder, under its token, for the lock-delay after the start.
     let (status, token) = node.status("db");
     assert_eq!(token, first, "{status}");

@@ -8,8 +8,7 @@
 //! temporary directory under `CARGO_TARGET_TMPDIR`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,80 +22,31 @@ use bedrock::{jobs, queue};
 use bedrock_std::client::{Client, ClientError, CLIENT_KEYS};
 
 mod common;
-use common::{
-    assert_one_error_line, free_address, keygen, scratch, send_signal, text, NodeProcess, BIN,
-    BIND_ATTEMPTS,
-};
+use common::{assert_one_error_line, scratch, send_signal, text, SingleNode, BIN};
 
 /// The longest wait for a process to start or stop, or for an outcome polled for.
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// The node under test: where it lives and its process.
-struct Node {
-    addr: SocketAddr,
-    data: PathBuf,
-    key: PathBuf,
-    extra: Vec<String>,
-    process: NodeProcess,
+/// The node under test (see `common::SingleNode`) and what these tests ask of it.
+struct Node(SingleNode);
+
+impl std::ops::Deref for Node {
+    type Target = SingleNode;
+
+    fn deref(&self) -> &SingleNode {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Node {
+    fn deref_mut(&mut self) -> &mut SingleNode {
+        &mut self.0
+    }
 }
 
 impl Node {
-    /// A fresh key and a node started on a free port with `extra` options.
     fn start(dir: &Path, extra: &[&str]) -> Self {
-        let key = dir.join("cluster.key");
-        keygen(&key);
-        let mut node = Self {
-            addr: free_address(Ipv4Addr::LOCALHOST),
-            data: dir.join("node"),
-            key,
-            extra: extra.iter().map(|arg| arg.to_string()).collect(),
-            process: NodeProcess::new("the node", DEADLINE),
-        };
-        for _ in 0..BIND_ATTEMPTS {
-            if node.try_start() {
-                return node;
-            }
-            node.addr = free_address(Ipv4Addr::LOCALHOST);
-        }
-        panic!("no free port after {BIND_ATTEMPTS} attempts");
-    }
-
-    /// Starts the node and waits for its start line; false when its address was taken.
-    fn try_start(&mut self) -> bool {
-        let mut command = Command::new(BIN);
-        command
-            .args(["node", "--id", "1", "--listen", &self.addr.to_string()])
-            .arg("--data")
-            .arg(&self.data)
-            .arg("--key-file")
-            .arg(&self.key)
-            .args(&self.extra);
-        self.process.start(command)
-    }
-
-    /// Starts a killed node again on the same address, retrying while the port is taken.
-    fn restart(&mut self) {
-        for _ in 0..BIND_ATTEMPTS {
-            if self.try_start() {
-                return;
-            }
-            thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the node could not bind its address again");
-    }
-
-    /// SIGKILL, then reap the process so its port and locks are free.
-    fn kill(&mut self) {
-        self.process.kill();
-    }
-
-    /// SIGTERM, then wait for a clean exit; returns the stop line.
-    fn stop(&mut self) -> String {
-        self.process.stop(libc::SIGTERM);
-        let lines = self.process.lines();
-        let stop = lines.last().cloned().unwrap_or_default();
-        assert!(stop.starts_with("node 1 stopping: "), "{lines:?}");
-        stop
+        Self(SingleNode::start(dir, extra, DEADLINE))
     }
 
     /// `bedrock GROUP COMMAND --node ADDR --key-file KEY ARGS…`, run to completion.

@@ -12,39 +12,14 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 mod common;
 
-use common::BIN;
+use common::{seed, Random, BIN};
 
 const CYCLES: u32 = 20;
 const BATCHES: [u32; 3] = [1, 7, 64];
-
-/// xorshift64: enough randomness for kill delays, replayable from its seed.
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, bound: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % bound
-    }
-}
-
-fn seed() -> u64 {
-    match std::env::var("BEDROCK_SEED") {
-        Ok(text) => text.parse().expect("BEDROCK_SEED is a number"),
-        Err(_) => {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_nanos();
-            (nanos as u64) | 1
-        }
-    }
-}
 
 /// `bedrock counter get`: the recovered value, and stderr (recovery warnings).
 fn get(dir: &Path) -> (u64, String) {

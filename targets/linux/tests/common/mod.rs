@@ -196,3 +196,101 @@ impl NodeProcess {
         self.stderr.lock().unwrap().clone()
     }
 }
+
+/// xorshift64: enough randomness for kill delays and batch sizes, replayable from its seed.
+pub struct Random(pub u64);
+
+impl Random {
+    /// A number below `bound` (at least 1).
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % bound
+    }
+}
+
+/// `BEDROCK_SEED` when set (to replay a run), else one from the clock; print it.
+pub fn seed() -> u64 {
+    match std::env::var("BEDROCK_SEED") {
+        Ok(text) => text.parse().expect("BEDROCK_SEED is a number"),
+        Err(_) => {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos();
+            (nanos as u64) | 1
+        }
+    }
+}
+
+/// One `bedrock node --id 1` with a fresh key, on a free port of 127.0.0.1, with `extra`
+/// options: what the single-node process tests run against.
+pub struct SingleNode {
+    pub addr: SocketAddr,
+    pub data: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+    extra: Vec<String>,
+    pub process: NodeProcess,
+}
+
+impl SingleNode {
+    /// Generates `dir/cluster.key` and starts the node (data in `dir/node`), waiting up to
+    /// `deadline` for its start line.
+    pub fn start(dir: &Path, extra: &[&str], deadline: Duration) -> Self {
+        let key = dir.join("cluster.key");
+        keygen(&key);
+        let mut node = Self {
+            addr: free_address(Ipv4Addr::LOCALHOST),
+            data: dir.join("node"),
+            key,
+            extra: extra.iter().map(|arg| arg.to_string()).collect(),
+            process: NodeProcess::new("the node", deadline),
+        };
+        for _ in 0..BIND_ATTEMPTS {
+            if node.try_start() {
+                return node;
+            }
+            node.addr = free_address(Ipv4Addr::LOCALHOST);
+        }
+        panic!("no free port after {BIND_ATTEMPTS} attempts");
+    }
+
+    /// Starts the node and waits for its start line; false when its address was taken.
+    pub fn try_start(&mut self) -> bool {
+        let mut command = Command::new(BIN);
+        command
+            .args(["node", "--id", "1", "--listen", &self.addr.to_string()])
+            .arg("--data")
+            .arg(&self.data)
+            .arg("--key-file")
+            .arg(&self.key)
+            .args(&self.extra);
+        self.process.start(command)
+    }
+
+    /// Starts a stopped node again on the same address, retrying while the port is taken.
+    pub fn restart(&mut self) {
+        for _ in 0..BIND_ATTEMPTS {
+            if self.try_start() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the node could not bind its address again");
+    }
+
+    /// SIGKILL, then reap the process so its port and locks are free.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the stop line.
+    pub fn stop(&mut self) -> String {
+        self.process.stop(libc::SIGTERM);
+        let lines = self.process.lines();
+        let stop = lines.last().cloned().unwrap_or_default();
+        assert!(stop.starts_with("node 1 stopping: "), "{lines:?}");
+        stop
+    }
+}
